@@ -1,0 +1,39 @@
+//! Attention math on plain Burn tensors: masks, a masked softmax with true minus-infinity
+//! semantics, scaled dot-product attention (explicit and fused paths behind one function),
+//! rotary position embeddings, and slow reference implementations to test them against.
+//!
+//! # Brief overview
+//!
+//! Attention lets every query position look at the key positions it is allowed to see and
+//! take a weighted average of their values:
+//!
+//! ```text
+//! probs   = softmax(Q·Kᵀ / √d_head + mask)     // [batch, n_heads, seq_q, seq_k]
+//! context = probs · V                          // [batch, n_heads, seq_q, d_head]
+//! ```
+//!
+//! * [`mask`] builds the boolean masks (`true` = hidden) for causal decoding and padding.
+//! * [`softmax`] turns masked scores into probabilities; hidden keys get exactly 0 and a row
+//!   whose keys are all hidden gets all zeros, never NaN.
+//! * [`sdpa`] is the attention itself. [`AttentionPath::Explicit`] materialises the
+//!   probabilities (so they can be returned, or dropped out); [`AttentionPath::Fused`] calls
+//!   Burn's `module::attention`, which a backend may run as one kernel.
+//! * [`rotary`] rotates queries and keys by their absolute position (RoPE).
+//! * [`reference`](mod@reference) holds deliberately slow, loop-by-loop versions of all of the above. They
+//!   exist only to be obviously right, and every fast path is tested against them.
+//!
+//! Nothing here has parameters, touches files, or names a backend: every function works on
+//! whatever device its tensors live on.
+
+pub mod mask;
+pub mod reference;
+pub mod rotary;
+pub mod sdpa;
+pub mod softmax;
+
+pub use mask::{causal_mask, padding_mask, padding_mask_from_lengths};
+pub use rotary::{apply_rotary, rotary_tables};
+pub use sdpa::{
+    AttentionPath, SdpaOptions, SdpaOutput, attention_probs, scaled_dot_product_attention,
+};
+pub use softmax::masked_softmax;

@@ -1,0 +1,292 @@
+//! Scaled dot-product attention, `softmax(Q·Kᵀ/√d_head + mask)·V`, in two paths behind one
+//! function: explicit (probabilities materialised) and fused (Burn's attention op).
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::mask::causal_mask;
+use crate::softmax::masked_softmax;
+
+/// Which implementation [`scaled_dot_product_attention`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// `probs = masked_softmax(Q·Kᵀ·scale)`, then `probs·V`, as separate tensor ops. Slower
+    /// and holds the `[batch, n_heads, seq_q, seq_k]` probabilities in memory, but it can
+    /// return them (for inspection) and lets a caller apply dropout to them.
+    Explicit,
+    /// Burn's `module::attention`, which a backend may run as one kernel that never
+    /// materialises the probabilities (Flex: two-GEMM or tiled flash attention; CubeCL:
+    /// flash kernels). On an autodiff device Burn 0.22 runs its unfused, differentiable
+    /// fallback, so this path speeds up inference, not training.
+    #[default]
+    Fused,
+}
+
+/// Options for [`scaled_dot_product_attention`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SdpaOptions {
+    /// Hide each query's future keys, aligned bottom-right (see [`causal_mask`]).
+    pub causal: bool,
+    /// Multiplier of `Q·Kᵀ`; `None` means `1/√d_head`.
+    pub scale: Option<f64>,
+    /// Explicit or fused.
+    pub path: AttentionPath,
+}
+
+/// What [`scaled_dot_product_attention`] returns.
+#[derive(Debug, Clone)]
+pub struct SdpaOutput {
+    /// The attended values, `[batch, n_heads, seq_q, d_head]`.
+    pub context: Tensor<4>,
+    /// The attention probabilities `[batch, n_heads, seq_q, seq_k]`, present only on the
+    /// explicit path. Hidden keys hold exactly 0; a fully hidden row is all zeros.
+    pub probs: Option<Tensor<4>>,
+}
+
+/// The attention probabilities `masked_softmax(Q·Kᵀ·scale)` alone.
+///
+/// # Shapes
+/// - `q`: `[batch, n_heads, seq_q, d_head]`
+/// - `k`: `[batch, n_heads, seq_k, d_head]`
+/// - `mask`: broadcastable to `[batch, n_heads, seq_q, seq_k]`, `true` = hidden
+/// - returns `[batch, n_heads, seq_q, seq_k]`
+pub fn attention_probs(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+    scale: Option<f64>,
+) -> Tensor<4> {
+    let [_, _, seq_q, d_head] = q.dims();
+    let seq_k = k.dims()[2];
+    let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
+    // [batch, n_heads, seq_q, seq_k]
+    let scores = q.matmul(k.transpose()).mul_scalar(scale);
+    let device = scores.device();
+    let causal = causal.then(|| causal_mask(seq_q, seq_k, &device).reshape([1, 1, seq_q, seq_k]));
+    let mask = match (mask, causal) {
+        (None, None) => None,
+        (Some(m), None) => Some(m),
+        (None, Some(c)) => Some(c),
+        (Some(m), Some(c)) => {
+            let shape = broadcast_shape(m.dims(), c.dims());
+            Some(m.expand(shape).bool_or(c.expand(shape)))
+        }
+    };
+    masked_softmax(scores, mask)
+}
+
+/// Scaled dot-product attention, `softmax(Q·Kᵀ/√d_head + mask)·V`, where the mask adds
+/// `-inf` at hidden keys.
+///
+/// Both paths compute the same function (tested to 1e-5 against
+/// [`reference_attention`](crate::reference::reference_attention)), including a query with
+/// every key hidden, whose context is the zero vector.
+///
+/// # Shapes
+/// - `q`: `[batch, n_heads, seq_q, d_head]`
+/// - `k`, `v`: `[batch, n_heads, seq_k, d_head]`
+/// - `mask`: broadcastable to `[batch, n_heads, seq_q, seq_k]`, `true` = hidden
+/// - context: `[batch, n_heads, seq_q, d_head]`; probs: `[batch, n_heads, seq_q, seq_k]`
+pub fn scaled_dot_product_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    options: SdpaOptions,
+) -> SdpaOutput {
+    match options.path {
+        AttentionPath::Explicit => {
+            let probs = attention_probs(q, k, mask, options.causal, options.scale);
+            SdpaOutput {
+                context: probs.clone().matmul(v),
+                probs: Some(probs),
+            }
+        }
+        AttentionPath::Fused => {
+            let [batch, n_heads, seq_q, _] = q.dims();
+            let seq_k = k.dims()[2];
+            // Burn's op wants the mask at full size.
+            let mask = mask.map(|m| m.expand([batch, n_heads, seq_q, seq_k]));
+            let d_head = q.dims()[3];
+            // A scale equal to the default is left unset: CubeCL's flash kernels only run
+            // when no custom scale is given.
+            let default_scale = 1.0 / (d_head as f64).sqrt();
+            let scale = options
+                .scale
+                .filter(|s| (s - default_scale).abs() > f64::EPSILON * 4.0);
+            let opts = AttentionModuleOptions {
+                scale,
+                softcap: None,
+                is_causal: options.causal,
+            };
+            SdpaOutput {
+                context: attention(q, k, v, mask, None, opts),
+                probs: None,
+            }
+        }
+    }
+}
+
+fn broadcast_shape(a: [usize; 4], b: [usize; 4]) -> [usize; 4] {
+    std::array::from_fn(|i| a[i].max(b[i]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::padding_mask_from_lengths;
+    use crate::reference::{AttentionDims, reference_attention};
+    use qkv_test_support::{SeededRng, assert_close, random_tensor, test_on_cpu_backends, values};
+
+    /// The shapes from the foundation issue: batch 3, heads 5, d_head 8, seq 7 and 13.
+    fn check_against_reference(
+        device: &Device,
+        seq_q: usize,
+        seq_k: usize,
+        causal: bool,
+        padded: bool,
+    ) {
+        let dims = AttentionDims {
+            batch: 3,
+            n_heads: 5,
+            seq_q,
+            seq_k,
+            d_head: 8,
+        };
+        let mut rng =
+            SeededRng::new((seq_q * 100 + seq_k) as u64 + causal as u64 * 7 + padded as u64 * 13);
+        let q = random_tensor(&mut rng, [3, 5, seq_q, 8], 2.0, device);
+        let k = random_tensor(&mut rng, [3, 5, seq_k, 8], 2.0, device);
+        let v = random_tensor(&mut rng, [3, 5, seq_k, 8], 1.0, device);
+        // Sequence 0 is unpadded, 1 loses its last three keys, 2 keeps only its first key.
+        let lengths = [seq_k, seq_k - 3, 1];
+        let pad = padding_mask_from_lengths(&lengths, seq_k, device);
+        let pad_host: Vec<bool> = pad.clone().into_data().try_into_vec_as::<bool>().unwrap();
+        let mask = padded.then(|| pad.reshape([3, 1, 1, seq_k]));
+        let (want_ctx, want_probs) = reference_attention(
+            &values(q.clone()),
+            &values(k.clone()),
+            &values(v.clone()),
+            dims,
+            causal,
+            padded.then_some(&pad_host[..]),
+        );
+        let case = format!("seq_q {seq_q}, seq_k {seq_k}, causal {causal}, padded {padded}");
+        for path in [AttentionPath::Explicit, AttentionPath::Fused] {
+            let opts = SdpaOptions {
+                causal,
+                scale: None,
+                path,
+            };
+            let out =
+                scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), mask.clone(), opts);
+            assert_eq!(out.context.dims(), [3, 5, seq_q, 8]);
+            assert_close(
+                &values(out.context),
+                &want_ctx,
+                1e-5,
+                &format!("{path:?} context, {case}"),
+            );
+            match (path, out.probs) {
+                (AttentionPath::Explicit, Some(p)) => {
+                    assert_close(&values(p), &want_probs, 1e-6, &format!("probs, {case}"))
+                }
+                (AttentionPath::Fused, None) => {}
+                (path, probs) => panic!("{path:?} returned probs: {}", probs.is_some()),
+            }
+        }
+    }
+
+    test_on_cpu_backends!(
+        both_paths_match_reference_on_odd_shapes,
+        |device: &Device| {
+            for (seq_q, seq_k) in [(7, 7), (13, 13), (7, 13)] {
+                for causal in [false, true] {
+                    for padded in [false, true] {
+                        check_against_reference(device, seq_q, seq_k, causal, padded);
+                    }
+                }
+            }
+        }
+    );
+
+    test_on_cpu_backends!(fully_hidden_query_gives_zero_context, |device: &Device| {
+        let mut rng = SeededRng::new(3);
+        let q = random_tensor(&mut rng, [1, 2, 3, 4], 1.0, device);
+        let k = random_tensor(&mut rng, [1, 2, 3, 4], 1.0, device);
+        let v = random_tensor(&mut rng, [1, 2, 3, 4], 1.0, device);
+        let hidden = Tensor::<4, Bool>::from_data(
+            TensorData::new(
+                vec![true, true, true, false, false, false, false, true, false],
+                [1, 1, 3, 3],
+            ),
+            device,
+        );
+        for path in [AttentionPath::Explicit, AttentionPath::Fused] {
+            let opts = SdpaOptions {
+                path,
+                ..Default::default()
+            };
+            let out = scaled_dot_product_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(hidden.clone()),
+                opts,
+            );
+            let ctx = values(out.context);
+            assert!(ctx.iter().all(|x| x.is_finite()), "{path:?}: {ctx:?}");
+            // Query 0 of each head sees nothing: its context is exactly zero.
+            for head in 0..2 {
+                assert_eq!(
+                    &ctx[head * 12..head * 12 + 4],
+                    &[0.0; 4],
+                    "{path:?} head {head}"
+                );
+            }
+        }
+    });
+
+    test_on_cpu_backends!(custom_scale_is_honoured_by_both_paths, |device: &Device| {
+        let mut rng = SeededRng::new(5);
+        let q = random_tensor(&mut rng, [2, 3, 5, 4], 1.0, device);
+        let k = random_tensor(&mut rng, [2, 3, 5, 4], 1.0, device);
+        let v = random_tensor(&mut rng, [2, 3, 5, 4], 1.0, device);
+        let run = |path, scale| {
+            let opts = SdpaOptions {
+                causal: true,
+                scale,
+                path,
+            };
+            values(
+                scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), None, opts).context,
+            )
+        };
+        let explicit = run(AttentionPath::Explicit, Some(0.9));
+        assert_close(
+            &explicit,
+            &run(AttentionPath::Fused, Some(0.9)),
+            1e-5,
+            "scale 0.9",
+        );
+        // Scaling q by 1.8 with the default scale 1/2 is the same as scale 0.9.
+        let opts = SdpaOptions {
+            causal: true,
+            scale: None,
+            path: AttentionPath::Explicit,
+        };
+        let rescaled = values(
+            scaled_dot_product_attention(
+                q.clone().mul_scalar(1.8),
+                k.clone(),
+                v.clone(),
+                None,
+                opts,
+            )
+            .context,
+        );
+        assert_close(&explicit, &rescaled, 1e-5, "scale vs rescaled q");
+    });
+}

@@ -1,0 +1,122 @@
+//! Test-only helpers shared by the qkv crates: which devices a cross-backend test runs on,
+//! seeded random tensors, and tensor comparison with a readable failure message.
+//!
+//! This crate is a `dev-dependency` only. It is one of the few places (with xtask and the
+//! benches) allowed to name a concrete backend; library code never does.
+
+use burn::prelude::*;
+
+/// Expands to one `#[test]` per CPU backend (flex and ndarray) that calls `$body(&device)`.
+///
+/// ```text
+/// qkv_test_support::test_on_cpu_backends!(softmax_rows_sum_to_one, |device: &Device| { ... });
+/// ```
+/// generates `softmax_rows_sum_to_one::flex` and `softmax_rows_sum_to_one::ndarray`.
+#[macro_export]
+macro_rules! test_on_cpu_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn flex() {
+                let device = $crate::flex();
+                ($body)(&device);
+            }
+            #[test]
+            fn ndarray() {
+                let device = $crate::ndarray();
+                ($body)(&device);
+            }
+        }
+    };
+}
+
+/// The Flex CPU backend, Burn's maintained pure-Rust CPU backend.
+pub fn flex() -> Device {
+    Device::flex()
+}
+
+/// The NdArray CPU backend (deprecated in Burn 0.22 in favour of Flex, still tested).
+#[allow(deprecated)]
+pub fn ndarray() -> Device {
+    Device::ndarray()
+}
+
+/// A small deterministic generator (SplitMix64) so that test inputs do not depend on a
+/// backend's own random number generator: every backend sees the very same numbers.
+#[derive(Debug, Clone)]
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A float uniform in `[-1, 1)`.
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `n` floats uniform in `[-scale, scale)`.
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+
+    /// An integer uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// A float tensor of the given shape filled from `rng`, uniform in `[-scale, scale)`.
+pub fn random_tensor<const D: usize>(
+    rng: &mut SeededRng,
+    shape: [usize; D],
+    scale: f32,
+    device: &Device,
+) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(rng.vec(n, scale), shape), device)
+}
+
+/// The values of a float tensor, read back to the host.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor data")
+}
+
+/// The largest absolute element-wise difference between `a` and `b`.
+///
+/// # Panics
+/// If the lengths differ, or either side holds a NaN (a NaN must never pass a tolerance).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared tensors have different sizes");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert!(!x.is_nan() && !y.is_nan(), "NaN in compared values");
+            (x - y).abs()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Asserts that `a` and `b` agree element-wise within `tol`, naming `what` on failure.
+pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    let diff = max_abs_diff(a, b);
+    assert!(
+        diff <= tol,
+        "{what}: max |difference| {diff:e} exceeds the tolerance {tol:e}"
+    );
+}
