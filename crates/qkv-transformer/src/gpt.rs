@@ -1,0 +1,251 @@
+//! The decoder-only GPT: token (and position) embeddings, a stack of pre-LN blocks, a final
+//! LayerNorm and an LM head tied to the token embedding.
+//!
+//! The architecture of GPT-2 (Radford et al. 2019), as nanoGPT writes it.
+
+use burn::module::Param;
+use burn::nn::{
+    DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use qkv_attention::{KvCache, MultiHeadAttentionConfig};
+
+use crate::block::Block;
+use crate::config::{GptConfig, PositionalEncoding};
+use crate::error::ModelError;
+use crate::mlp::Mlp;
+use crate::positional::sinusoidal_table;
+
+/// A decoder-only transformer language model. Built by [`GptConfig::init`].
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding `[vocab_size, d_model]` (also the LM head when tied).
+    pub token_embedding: Embedding,
+    /// Learned position embedding `[block_size, d_model]`, for
+    /// [`PositionalEncoding::Learned`] only.
+    pub position_embedding: Option<Embedding>,
+    /// Dropout on the summed embeddings.
+    pub embedding_dropout: burn::nn::Dropout,
+    /// The transformer blocks.
+    pub blocks: Vec<Block>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm,
+    /// Untied LM head `[d_model, vocab_size]`; `None` when tied to the token embedding.
+    pub lm_head: Option<Linear>,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Longest context.
+    pub block_size: usize,
+    /// Whether sinusoidal position encodings are added.
+    pub sinusoidal: bool,
+}
+
+/// What [`Gpt::forward_detailed`] returns.
+#[derive(Debug, Clone)]
+pub struct GptOutput {
+    /// Next-token logits, `[batch, seq, vocab_size]`.
+    pub logits: Tensor<3>,
+    /// Per layer, the attention probabilities `[batch, n_heads, seq, cache_len + seq]`; empty
+    /// unless asked for.
+    pub attention: Vec<Tensor<4>>,
+}
+
+impl GptConfig {
+    /// Builds the model with GPT-2's initialisation: weights `N(0, 0.02)`, the residual
+    /// projections `N(0, 0.02/√(2·n_layers))`, biases 0, LayerNorms 1 and 0.
+    pub fn try_init(&self, device: &Device) -> Result<Gpt, ModelError> {
+        self.validate()?;
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let proj_std = 0.02 / (2.0 * self.n_layers as f64).sqrt();
+        let rotary_base = match self.positional {
+            PositionalEncoding::Rotary { base } => Some(base),
+            _ => None,
+        };
+        let layer_norm = || {
+            LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .with_bias(self.bias)
+                .init(device)
+        };
+        let blocks = (0..self.n_layers)
+            .map(|_| -> Result<Block, ModelError> {
+                let mut attn = MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
+                    .with_dropout(self.dropout)
+                    .with_bias(self.bias)
+                    .with_rotary_base(rotary_base)
+                    .with_initializer(normal.clone())
+                    .try_init(device)?;
+                attn.query = zero_bias(attn.query);
+                attn.key = zero_bias(attn.key);
+                attn.value = zero_bias(attn.value);
+                attn.output = zero_bias(attn.output);
+                attn.output.weight = Param::from_tensor(Tensor::random(
+                    [self.d_model, self.d_model],
+                    burn::tensor::Distribution::Normal(0.0, proj_std),
+                    device,
+                ));
+                Ok(Block {
+                    ln_1: layer_norm(),
+                    attn,
+                    attn_dropout: DropoutConfig::new(self.dropout).init(),
+                    ln_2: layer_norm(),
+                    mlp: Mlp::new(
+                        self.d_model,
+                        self.d_ff(),
+                        self.bias,
+                        self.dropout,
+                        &self.activation,
+                        proj_std,
+                        device,
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let embedding = |n| {
+            EmbeddingConfig::new(n, self.d_model)
+                .with_initializer(normal.clone())
+                .init(device)
+        };
+        Ok(Gpt {
+            token_embedding: embedding(self.vocab_size),
+            position_embedding: (self.positional == PositionalEncoding::Learned)
+                .then(|| embedding(self.block_size)),
+            embedding_dropout: DropoutConfig::new(self.dropout).init(),
+            blocks,
+            ln_f: layer_norm(),
+            lm_head: (!self.tie_embeddings).then(|| {
+                LinearConfig::new(self.d_model, self.vocab_size)
+                    .with_bias(false)
+                    .with_initializer(normal.clone())
+                    .init(device)
+            }),
+            vocab_size: self.vocab_size,
+            block_size: self.block_size,
+            sinusoidal: self.positional == PositionalEncoding::Sinusoidal,
+        })
+    }
+
+    /// Builds the model.
+    ///
+    /// # Panics
+    /// If the configuration is invalid, with the message of [`GptConfig::validate`]; use
+    /// [`try_init`](Self::try_init) for configurations from user input.
+    pub fn init(&self, device: &Device) -> Gpt {
+        self.try_init(device)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+}
+
+/// A linear layer with its bias (if any) set to zero.
+pub(crate) fn zero_bias(mut linear: Linear) -> Linear {
+    if let Some(bias) = &linear.bias {
+        let val = bias.val();
+        linear.bias = Some(Param::from_tensor(val.zeros_like()));
+    }
+    linear
+}
+
+impl Gpt {
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// `tokens`: `[batch, seq]` -> `[batch, seq, vocab_size]`
+    ///
+    /// # Panics
+    /// If `seq > block_size` or the batch is empty; use
+    /// [`forward_detailed`](Self::forward_detailed) to get an error instead.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        match self.forward_detailed(tokens, None, false) {
+            Ok(out) => out.logits,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Number of transformer blocks.
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// One KV cache per block, empty, for [`forward_detailed`](Self::forward_detailed).
+    pub fn new_caches(&self) -> Vec<KvCache> {
+        (0..self.n_layers()).map(|_| KvCache::new()).collect()
+    }
+
+    /// The full forward pass: optionally continuing from KV caches (then `tokens` are the new
+    /// positions only, placed after the cached ones), optionally recording every layer's
+    /// attention probabilities.
+    ///
+    /// Token ids are not range-checked here (that would cost a device round trip per call);
+    /// [`generate`](crate::generate) and the data pipeline check them.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`
+    /// - `logits`: `[batch, seq, vocab_size]`
+    /// - `attention[layer]`: `[batch, n_heads, seq, cache_len + seq]`
+    pub fn forward_detailed(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut caches: Option<&mut [KvCache]>,
+        record_attention: bool,
+    ) -> Result<GptOutput, ModelError> {
+        let [batch, seq] = tokens.dims();
+        if batch == 0 || seq == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "empty batch of tokens, shape [{batch}, {seq}]"
+            )));
+        }
+        let start = match &caches {
+            Some(caches) => {
+                if caches.len() != self.n_layers() {
+                    return Err(ModelError::InvalidInput(format!(
+                        "{} KV caches for {} layers",
+                        caches.len(),
+                        self.n_layers()
+                    )));
+                }
+                caches[0].len()
+            }
+            None => 0,
+        };
+        if start + seq > self.block_size {
+            return Err(ModelError::TooLong {
+                len: start + seq,
+                block_size: self.block_size,
+            });
+        }
+        let device = tokens.device();
+        // [batch, seq, d_model]
+        let mut x = self.token_embedding.forward(tokens);
+        let d_model = x.dims()[2];
+        if let Some(wpe) = &self.position_embedding {
+            let positions = Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, &device)
+                .reshape([1, seq]);
+            x = x + wpe.forward(positions);
+        } else if self.sinusoidal {
+            x = x + sinusoidal_table(start, seq, d_model, &device).unsqueeze::<3>();
+        }
+        x = self.embedding_dropout.forward(x);
+
+        let mut attention = Vec::new();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[layer]);
+            let (next, probs) = block.forward(x, cache, record_attention)?;
+            x = next;
+            attention.extend(probs);
+        }
+        let x = self.ln_f.forward(x).reshape([batch * seq, d_model]);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            // Weight tying: the LM head is the token embedding, [vocab, d_model], transposed.
+            None => x.matmul(self.token_embedding.weight.val().transpose()),
+        };
+        Ok(GptOutput {
+            logits: logits.reshape([batch, seq, self.vocab_size]),
+            attention,
+        })
+    }
+}

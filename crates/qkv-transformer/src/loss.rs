@@ -1,0 +1,66 @@
+//! Next-token cross-entropy, with an index to ignore (padding).
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// Mean cross-entropy of `logits` against `targets`, over the targets that are not
+/// `ignore_index` (PyTorch's `F.cross_entropy(..., ignore_index=…)`). When every target is
+/// ignored the loss is 0.
+///
+/// # Shapes
+/// - `logits`: `[batch, seq, vocab_size]`
+/// - `targets`: `[batch, seq]`
+/// - returns `[1]`
+pub fn cross_entropy(
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    ignore_index: Option<i64>,
+) -> Tensor<1> {
+    let [batch, seq, vocab] = logits.dims();
+    let rows = batch * seq;
+    let log_probs = log_softmax(logits.reshape([rows, vocab]), 1);
+    let targets = targets.reshape([rows]);
+    let Some(ignore) = ignore_index else {
+        let picked = log_probs.gather(1, targets.reshape([rows, 1]));
+        return picked.mean().neg();
+    };
+    let keep = targets.clone().not_equal_elem(ignore);
+    // Ignored targets may hold any id (often -1); point them at 0 for the gather, then drop them.
+    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
+    let picked = log_probs.gather(1, safe.reshape([rows, 1])).reshape([rows]);
+    let keep = keep.float();
+    let count = keep.clone().sum().clamp_min(1.0);
+    (picked * keep).sum().neg() / count
+}
+
+/// The same loss, one row at a time on the host, for tests: `logits` `[rows, vocab]`
+/// row-major, `targets` `[rows]`.
+pub fn reference_cross_entropy(
+    logits: &[f32],
+    targets: &[i64],
+    vocab: usize,
+    ignore_index: Option<i64>,
+) -> f64 {
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    for (row, &target) in targets.iter().enumerate() {
+        if Some(target) == ignore_index {
+            continue;
+        }
+        let row = &logits[row * vocab..(row + 1) * vocab];
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let log_sum = row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        total += log_sum - row[target as usize] as f64;
+        count += 1;
+    }
+    if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    }
+}

@@ -1,0 +1,166 @@
+//! Generation: the KV cache changes nothing but speed; prompts, batches, streaming, stops.
+
+use burn::prelude::*;
+use qkv_test_support::{assert_close, test_on_cpu_backends};
+
+use crate::{GenerationConfig, Gpt, GptConfig, PositionalEncoding, Sampling};
+
+fn model(positional: PositionalEncoding, device: &Device) -> Gpt {
+    device.seed(3);
+    // Large random weights make the next-token choice sensitive to any error.
+    let config = GptConfig::new(37, 12, 2, 3, 24)
+        .with_positional(positional)
+        .with_tie_embeddings(false);
+    let mut model = config.init(device);
+    model.token_embedding.weight = model
+        .token_embedding
+        .weight
+        .clone()
+        .map(|w| w.mul_scalar(50.0));
+    let head = model.lm_head.as_mut().expect("untied head");
+    head.weight = head.weight.clone().map(|w| w.mul_scalar(100.0));
+    for block in &mut model.blocks {
+        for linear in [&mut block.attn.query, &mut block.attn.key] {
+            linear.weight = linear.weight.clone().map(|w| w.mul_scalar(20.0));
+        }
+    }
+    model
+}
+
+fn encodings() -> [PositionalEncoding; 3] {
+    [
+        PositionalEncoding::Learned,
+        PositionalEncoding::Sinusoidal,
+        PositionalEncoding::Rotary { base: 100.0 },
+    ]
+}
+
+test_on_cpu_backends!(cache_equals_recompute, |device: &Device| {
+    for positional in encodings() {
+        let model = model(positional.clone(), device);
+        // 3 + 25 tokens: the context fills the block (12) and slides.
+        let prompts = vec![vec![1, 2, 3], vec![4, 5, 6]];
+        let run = |use_cache| {
+            let config = GenerationConfig {
+                use_cache,
+                keep_logits: true,
+                ..GenerationConfig::greedy(25)
+            };
+            model.generate(&prompts, &config, |_, _| {}).unwrap()
+        };
+        let (cached, uncached) = (run(true), run(false));
+        assert_eq!(cached.tokens, uncached.tokens, "{positional:?}");
+        for (a, b) in cached
+            .logits
+            .iter()
+            .flatten()
+            .zip(uncached.logits.iter().flatten())
+        {
+            assert_close(a, b, 1e-5, &format!("{positional:?} step logits"));
+        }
+        assert_eq!(cached.logits[0].len(), 25);
+        // The tokens are not all the same, or the comparison would prove little.
+        assert!(
+            cached.tokens[0].iter().any(|&t| t != cached.tokens[0][0]),
+            "{:?}",
+            cached.tokens
+        );
+    }
+});
+
+test_on_cpu_backends!(batched_prompts_equal_single_ones, |device: &Device| {
+    let model = model(PositionalEncoding::Learned, device);
+    let prompts = vec![vec![1, 2, 3], vec![9, 8], vec![4, 5, 6], vec![7]];
+    let config = GenerationConfig::greedy(6);
+    let mut streamed = vec![Vec::new(); prompts.len()];
+    let together = model
+        .generate(&prompts, &config, |i, t| streamed[i].push(t))
+        .unwrap();
+    assert_eq!(
+        streamed, together.tokens,
+        "streaming hands over every token, in order"
+    );
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = model
+            .generate(std::slice::from_ref(prompt), &config, |_, _| {})
+            .unwrap();
+        assert_eq!(alone.tokens[0], together.tokens[i], "prompt {i}");
+    }
+});
+
+test_on_cpu_backends!(long_prompts_are_cropped_from_the_left, |device: &Device| {
+    let model = model(PositionalEncoding::Learned, device);
+    let long: Vec<u32> = (0..30).map(|i| (i * 7 % 37) as u32).collect();
+    let tail = long[30 - 12..].to_vec();
+    let config = GenerationConfig::greedy(5);
+    let a = model.generate(&[long], &config, |_, _| {}).unwrap();
+    let b = model.generate(&[tail], &config, |_, _| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+});
+
+test_on_cpu_backends!(stop_tokens_and_seeds, |device: &Device| {
+    let model = model(PositionalEncoding::Learned, device);
+    let free = model
+        .generate(&[vec![1, 2]], &GenerationConfig::greedy(8), |_, _| {})
+        .unwrap();
+    let stop = free.tokens[0][2];
+    let first = free.tokens[0].iter().position(|&t| t == stop).unwrap();
+    let config = GenerationConfig {
+        stop_tokens: vec![stop],
+        ..GenerationConfig::greedy(8)
+    };
+    let stopped = model.generate(&[vec![1, 2]], &config, |_, _| {}).unwrap();
+    assert_eq!(
+        stopped.tokens[0],
+        free.tokens[0][..=first].to_vec(),
+        "ends with the stop token"
+    );
+
+    let sampled = |seed| {
+        let sampling = Sampling::Random {
+            temperature: 1.5,
+            top_k: Some(10),
+            top_p: Some(0.95),
+            seed,
+        };
+        let config = GenerationConfig {
+            sampling,
+            ..GenerationConfig::greedy(30)
+        };
+        model
+            .generate(&[vec![1, 2]], &config, |_, _| {})
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(sampled(11), sampled(11));
+    assert_ne!(sampled(11), sampled(12));
+});
+
+test_on_cpu_backends!(bad_prompts_are_errors, |device: &Device| {
+    let model = model(PositionalEncoding::Learned, device);
+    let config = GenerationConfig::greedy(3);
+    let err = model
+        .generate(&[vec![]], &config, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty"), "{err}");
+    let err = model
+        .generate(&[vec![1, 99]], &config, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("99") && err.contains("vocab_size 37"), "{err}");
+    let sampling = Sampling::Random {
+        temperature: -1.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+    };
+    let err = model
+        .generate(
+            &[vec![1]],
+            &GenerationConfig { sampling, ..config },
+            |_, _| {},
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("temperature"), "{err}");
+});

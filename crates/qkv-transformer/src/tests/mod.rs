@@ -1,0 +1,28 @@
+//! Tests of the model: PyTorch parity, cached generation, weights, configuration.
+
+mod generation;
+mod model;
+mod pytorch_parity;
+mod weights;
+
+use std::path::PathBuf;
+
+/// The directory of committed fixtures (made by `fixtures/make_fixtures.py`).
+pub(crate) fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The fixture JSON with the reference batch, losses and generation.
+pub(crate) fn reference_json() -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(fixtures().join("gpt2-tiny-reference.json")).expect("fixture json");
+    serde_json::from_str(&text).expect("valid json")
+}
+
+/// A fresh temporary directory for one test.
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qkv-transformer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
