@@ -180,7 +180,7 @@ impl Gpt {
     /// attention probabilities.
     ///
     /// Token ids are not range-checked here (that would cost a device round trip per call);
-    /// [`generate`](crate::generate) and the data pipeline check them.
+    /// [`generate`](Gpt::generate) and the data pipeline check them.
     ///
     /// # Shapes
     /// - `tokens`: `[batch, seq]`

@@ -169,20 +169,12 @@ impl Gpt {
 
     /// The model's weights as safetensors bytes.
     pub fn to_safetensors_bytes(&self) -> Vec<u8> {
-        let tensors = self.named_parameters();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        let tensors: HostTensors = self
+            .named_parameters()
             .into_iter()
-            .map(|(name, shape, values)| {
-                let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, shape, raw)
-            })
+            .map(|(name, shape, values)| (name, (shape, values)))
             .collect();
-        let views = bytes.iter().map(|(name, shape, raw)| {
-            let view =
-                TensorView::new(Dtype::F32, shape.clone(), raw).expect("sizes are consistent");
-            (name.clone(), view)
-        });
-        safetensors::serialize(views, None).expect("serialising in memory cannot fail")
+        serialize_host(&tensors, None)
     }
 
     /// Writes the weights to `path` atomically: to a temporary file beside it, flushed, then
@@ -272,6 +264,24 @@ pub fn read_safetensors(bytes: &[u8], path: &Path) -> Result<HostTensors, Weight
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
+}
+
+/// Host tensors (and optional string metadata) as safetensors bytes, all `F32`.
+pub fn serialize_host(
+    tensors: &HostTensors,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Vec<u8> {
+    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let views = bytes.iter().map(|(name, shape, raw)| {
+        let view = TensorView::new(Dtype::F32, (*shape).clone(), raw).expect("sizes are consistent");
+        ((*name).clone(), view)
+    });
+    safetensors::serialize(views, metadata).expect("serialising in memory cannot fail")
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.

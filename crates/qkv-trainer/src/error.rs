@@ -1,0 +1,46 @@
+//! Errors of the trainer.
+
+use std::path::PathBuf;
+
+/// What can stop a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value is wrong.
+    #[error("invalid training config: {0}")]
+    Config(String),
+    /// From the data crate.
+    #[error(transparent)]
+    Data(#[from] qkv_data::DataError),
+    /// From the model crate.
+    #[error(transparent)]
+    Model(#[from] qkv_transformer::ModelError),
+    /// From weight files.
+    #[error(transparent)]
+    Weights(#[from] qkv_transformer::WeightsError),
+    /// A file of the run could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A checkpoint that does not fit this run.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The loss stopped being a number.
+    #[error("the loss became {loss} at step {step}; training stopped and the last good checkpoint (step {last_good}) was kept. Try a lower --lr, or --grad-clip 1.0")]
+    Diverged {
+        /// The step.
+        step: usize,
+        /// The bad value.
+        loss: f64,
+        /// The step of the kept checkpoint (0 if none).
+        last_good: usize,
+    },
+}

@@ -1,0 +1,190 @@
+//! AdamW with decoupled weight decay on matrices only, global-norm gradient clipping, and
+//! gradient accumulation, written out over the model's named parameters.
+//!
+//! Burn ships an AdamW, but its clipping is per tensor and its weight decay applies to every
+//! parameter; nanoGPT (and PyTorch's `clip_grad_norm_`) clip by the norm of *all* gradients
+//! together and decay only 2-D weights (not biases, LayerNorms). The state is kept by
+//! parameter name, so it can be saved, inspected and resumed exactly.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Gradients;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+/// AdamW's hyper-parameters (PyTorch's names and meaning).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWSettings {
+    /// β₁, the decay of the first moment.
+    pub beta1: f64,
+    /// β₂, the decay of the second moment.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to parameters of rank ≥ 2 only.
+    pub weight_decay: f64,
+}
+
+/// Gradients by parameter name, flattened, on the inner (non-autodiff) device.
+#[derive(Debug, Clone, Default)]
+pub struct NamedGrads(pub BTreeMap<String, Tensor<1>>);
+
+impl NamedGrads {
+    /// Reads every parameter's gradient out of `grads`.
+    pub fn collect<M: Module>(model: &M, grads: &Gradients) -> Self {
+        struct Collect<'a> {
+            path: Vec<String>,
+            grads: &'a Gradients,
+            out: BTreeMap<String, Tensor<1>>,
+        }
+        impl ModuleVisitor for Collect<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = param.val().grad(self.grads) {
+                    let n = g.shape().num_elements();
+                    self.out.insert(self.path.join("."), g.reshape([n]));
+                }
+            }
+        }
+        let mut visitor = Collect { path: Vec::new(), grads, out: BTreeMap::new() };
+        model.visit(&mut visitor);
+        Self(visitor.out)
+    }
+
+    /// Adds `other` into `self` (gradient accumulation).
+    pub fn accumulate(&mut self, other: NamedGrads) {
+        for (name, g) in other.0 {
+            let sum = match self.0.remove(&name) {
+                Some(old) => old + g,
+                None => g,
+            };
+            self.0.insert(name, sum);
+        }
+    }
+
+    /// The L2 norm of all gradients together (one device round trip).
+    pub fn global_norm(&self) -> f64 {
+        let squares: Vec<Tensor<1>> = self.0.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+        if squares.is_empty() {
+            return 0.0;
+        }
+        (Tensor::cat(squares, 0).sum().into_scalar::<f32>() as f64).sqrt()
+    }
+}
+
+/// First and second moments of one parameter, flattened.
+#[derive(Debug, Clone)]
+pub struct Moments {
+    /// Running mean of gradients.
+    pub m: Tensor<1>,
+    /// Running mean of squared gradients.
+    pub v: Tensor<1>,
+}
+
+/// AdamW over a module's named parameters.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    /// Hyper-parameters.
+    pub settings: AdamWSettings,
+    /// Moments by parameter name.
+    pub state: BTreeMap<String, Moments>,
+    /// Updates taken so far (for bias correction).
+    pub t: u64,
+}
+
+impl AdamW {
+    /// A fresh optimizer.
+    pub fn new(settings: AdamWSettings) -> Self {
+        Self { settings, state: BTreeMap::new(), t: 0 }
+    }
+
+    /// One update with learning rate `lr`, gradients multiplied by `grad_scale` first
+    /// (the clipping factor, or `1/accumulation`), PyTorch's `torch.optim.AdamW` formula:
+    ///
+    /// ```text
+    /// p ← p·(1 − lr·wd)              (rank ≥ 2 only)
+    /// m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
+    /// p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
+    /// ```
+    pub fn step<M: Module>(&mut self, model: M, grads: &NamedGrads, lr: f64, grad_scale: f64) -> M {
+        self.t += 1;
+        let s = self.settings;
+        let bias1 = 1.0 - s.beta1.powi(self.t as i32);
+        let bias2_sqrt = (1.0 - s.beta2.powi(self.t as i32)).sqrt();
+        struct Update<'a> {
+            path: Vec<String>,
+            grads: &'a NamedGrads,
+            state: &'a mut BTreeMap<String, Moments>,
+            settings: AdamWSettings,
+            lr: f64,
+            grad_scale: f64,
+            bias1: f64,
+            bias2_sqrt: f64,
+        }
+        impl ModuleMapper for Update<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let name = self.path.join(".");
+                let Some(grad) = self.grads.0.get(&name) else {
+                    return param;
+                };
+                let s = self.settings;
+                let g = if self.grad_scale == 1.0 { grad.clone() } else { grad.clone().mul_scalar(self.grad_scale) };
+                let (m, v) = match self.state.remove(&name) {
+                    Some(Moments { m, v }) => (
+                        m.mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1),
+                        v.mul_scalar(s.beta2) + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2),
+                    ),
+                    None => (g.clone().mul_scalar(1.0 - s.beta1), g.powi_scalar(2).mul_scalar(1.0 - s.beta2)),
+                };
+                let decay = if D >= 2 { s.weight_decay } else { 0.0 };
+                let (lr, bias1, bias2_sqrt) = (self.lr, self.bias1, self.bias2_sqrt);
+                let update = m.clone() / v.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(s.eps);
+                self.state.insert(name, Moments { m, v });
+                param.map(|p| {
+                    let shape = p.shape();
+                    let tracked = p.is_require_grad();
+                    let on_autodiff = p.is_autodiff();
+                    let n = shape.num_elements();
+                    let mut x = p.inner().reshape([n]);
+                    if decay != 0.0 {
+                        x = x.mul_scalar(1.0 - lr * decay);
+                    }
+                    let x = (x - update.mul_scalar(lr / bias1)).reshape(shape);
+                    if !on_autodiff {
+                        return x;
+                    }
+                    let x = x.autodiff();
+                    if tracked { x.require_grad() } else { x }
+                })
+            }
+        }
+        let mut mapper = Update {
+            path: Vec::new(),
+            grads,
+            state: &mut self.state,
+            settings: s,
+            lr,
+            grad_scale,
+            bias1,
+            bias2_sqrt,
+        };
+        model.map(&mut mapper)
+    }
+}
+
+/// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`; 1 when clipping
+/// is off (`max_norm <= 0`).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm <= 0.0 { 1.0 } else { (max_norm / (norm + 1e-6)).min(1.0) }
+}

@@ -1,0 +1,51 @@
+//! Where a run's batches come from: the recall task or a character-level text.
+
+use std::path::Path;
+
+use qkv_data::{RecallTask, Split, TextDataset, TokenBatch, Tokenizer};
+
+use crate::config::{DataConfig, TrainConfig};
+use crate::error::TrainError;
+
+/// A run's data, ready to batch.
+#[derive(Debug, Clone)]
+pub enum BatchSource {
+    /// Generated recall examples.
+    Recall(RecallTask),
+    /// A tokenized text.
+    Text(TextDataset),
+}
+
+impl BatchSource {
+    /// Opens the data a config names. `cache_dir` is where downloads are kept.
+    pub fn open(config: &TrainConfig, cache_dir: &Path) -> Result<Self, TrainError> {
+        let source = match &config.data {
+            DataConfig::Recall { .. } => BatchSource::Recall(config.data.recall().expect("recall config")),
+            DataConfig::Shakespeare { path } => {
+                let file = qkv_data::tiny_shakespeare(path.as_deref(), cache_dir)?;
+                BatchSource::Text(TextDataset::char_level_from_file(&file)?)
+            }
+            DataConfig::TextFile { path } => BatchSource::Text(TextDataset::char_level_from_file(path)?),
+        };
+        if let BatchSource::Text(text) = &source {
+            text.check_block_size(config.model.block_size)?;
+        }
+        Ok(source)
+    }
+
+    /// The tokenizer to save beside the run.
+    pub fn tokenizer(&self) -> Tokenizer {
+        match self {
+            BatchSource::Recall(task) => task.tokenizer(),
+            BatchSource::Text(text) => text.tokenizer.clone(),
+        }
+    }
+
+    /// A batch of `batch` sequences, drawn with `below`.
+    pub fn batch(&self, split: Split, batch: usize, block_size: usize, below: &mut dyn FnMut(usize) -> usize) -> TokenBatch {
+        match self {
+            BatchSource::Recall(task) => task.batch(split, batch, below),
+            BatchSource::Text(text) => text.batch(split, batch, block_size, below),
+        }
+    }
+}

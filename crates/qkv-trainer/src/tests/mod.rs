@@ -1,0 +1,42 @@
+//! Tests of the trainer: PyTorch AdamW parity, exact resume, overfitting, crash safety and
+//! the errors a user can run into.
+
+mod errors;
+mod optim_parity;
+mod runs;
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::{DataConfig, ModelSettings, TrainConfig};
+
+
+/// A fresh directory for one test.
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qkv-trainer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny recall run: 1 layer, 16 wide, batches of 8.
+pub(crate) fn tiny_recall(max_iters: usize, dropout: f64) -> TrainConfig {
+    let mut config = TrainConfig::recall();
+    config.model = ModelSettings { n_layers: 1, n_heads: 2, d_model: 16, block_size: 29, dropout, bias: true, positional: qkv_transformer::PositionalEncoding::Learned };
+    config.batch_size = 8;
+    config.max_iters = max_iters;
+    config.lr_decay_iters = max_iters;
+    config.warmup_iters = 2;
+    config.eval_interval = 4;
+    config.eval_iters = 2;
+    config.data = DataConfig::Recall { n_pairs: 6, n_keys: 16, n_values: 10 };
+    config
+}
+
+/// Burn's Flex backend draws random numbers (initialisation, dropout) from one generator per
+/// process. Tests that train hold this lock so that parallel tests do not draw from it in
+/// between, which would make two identical runs differ.
+pub(crate) fn rng_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
