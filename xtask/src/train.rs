@@ -7,11 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use qkv_data::Tokenizer;
-use qkv_trainer::{DataConfig, Event, TrainConfig, Trainer, metrics};
+use qkv_trainer::{DataConfig, Event, TokenizerChoice, TrainConfig, Trainer, metrics};
 use qkv_transformer::{GenerationConfig, Sampling};
 
 use crate::backend::Backend;
+
+/// `--tokenizer` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TokenizerFlag {
+    /// One token per character.
+    Char,
+    /// Byte-level BPE trained on the corpus.
+    Bpe,
+}
 
 /// Options of `cargo xtask train`. Every config value can be set by a flag; flags override
 /// the preset (or the `--config` file).
@@ -36,6 +44,12 @@ pub struct TrainArgs {
     /// UTF-8 text to train on at the character level.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Tokenizer for text data: `char`, or `bpe` (byte-level BPE trained on the corpus).
+    #[arg(long, value_enum)]
+    tokenizer: Option<TokenizerFlag>,
+    /// Vocabulary size of `--tokenizer bpe`.
+    #[arg(long, default_value_t = 512)]
+    bpe_vocab: usize,
     /// Where downloaded datasets are cached.
     #[arg(long, default_value = "data")]
     cache_dir: PathBuf,
@@ -101,12 +115,31 @@ impl TrainArgs {
             }
             None => TrainConfig::preset(&self.preset)?,
         };
-        if let Some(path) = &self.data {
-            c.data = match c.data {
-                DataConfig::Shakespeare { .. } => DataConfig::Shakespeare { path: Some(path.clone()) },
-                _ => DataConfig::TextFile { path: path.clone() },
-            };
-        }
+        let choice = match self.tokenizer {
+            Some(TokenizerFlag::Char) => Some(TokenizerChoice::Char),
+            Some(TokenizerFlag::Bpe) => Some(TokenizerChoice::Bpe { vocab_size: self.bpe_vocab }),
+            None => None,
+        };
+        c.data = match (c.data, &self.data) {
+            (DataConfig::Shakespeare { path, tokenizer }, data) => DataConfig::Shakespeare {
+                path: data.clone().or(path),
+                tokenizer: choice.unwrap_or(tokenizer),
+            },
+            (DataConfig::TextFile { path, tokenizer }, data) => DataConfig::TextFile {
+                path: data.clone().unwrap_or(path),
+                tokenizer: choice.unwrap_or(tokenizer),
+            },
+            (recall @ DataConfig::Recall { .. }, None) => {
+                if choice.is_some() {
+                    anyhow::bail!("--tokenizer applies to text data; the recall task has its own vocabulary");
+                }
+                recall
+            }
+            (DataConfig::Recall { .. }, Some(path)) => DataConfig::TextFile {
+                path: path.clone(),
+                tokenizer: choice.unwrap_or_default(),
+            },
+        };
         macro_rules! set {
             ($($flag:ident => $($field:ident).+),* $(,)?) => {
                 $(if let Some(v) = self.$flag { c.$($field).+ = v; })*
@@ -198,9 +231,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if summary.interrupted {
         return Ok(());
     }
-    if let Tokenizer::Char(_) = trainer.source.tokenizer()
-        && config.data.recall().is_none()
-    {
+    if config.data.recall().is_none() {
         let tokenizer = trainer.source.tokenizer();
         let model = burn::module::Module::valid(&trainer.model);
         let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);

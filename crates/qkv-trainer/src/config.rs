@@ -21,16 +21,36 @@ pub enum DataConfig {
         /// Distinct values.
         n_values: usize,
     },
-    /// Tiny Shakespeare at the character level: from `path` when given, else from
-    /// `$QKV_DATA_DIR`, the cache, or a verified download.
+    /// Tiny Shakespeare: from `path` when given, else from `$QKV_DATA_DIR`, the cache, or a
+    /// verified download.
     Shakespeare {
         /// A local copy of the text.
         path: Option<PathBuf>,
+        /// How the text becomes tokens.
+        #[serde(default)]
+        tokenizer: TokenizerChoice,
     },
-    /// Any UTF-8 text file at the character level.
+    /// Any UTF-8 text file.
     TextFile {
         /// The file.
         path: PathBuf,
+        /// How the text becomes tokens.
+        #[serde(default)]
+        tokenizer: TokenizerChoice,
+    },
+}
+
+/// Which tokenizer a text run builds from its corpus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenizerChoice {
+    /// One token per character (nanoGPT's `shakespeare_char`).
+    #[default]
+    Char,
+    /// Byte-level BPE trained on the corpus, with this many tokens.
+    Bpe {
+        /// Vocabulary size (at least 257).
+        vocab_size: usize,
     },
 }
 
@@ -152,7 +172,7 @@ impl TrainConfig {
     pub fn shakespeare_char() -> Self {
         Self {
             model: ModelSettings { n_layers: 4, n_heads: 4, d_model: 128, block_size: 64, dropout: 0.0, bias: false, positional: PositionalEncoding::Learned },
-            data: DataConfig::Shakespeare { path: None },
+            data: DataConfig::Shakespeare { path: None, tokenizer: TokenizerChoice::Char },
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,

@@ -16,7 +16,7 @@ mod schedule;
 mod source;
 mod trainer;
 
-pub use config::{DataConfig, ModelSettings, PRESETS, TrainConfig};
+pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfig};
 pub use error::TrainError;
 pub use schedule::WarmupCosine;
 pub use source::BatchSource;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use qkv_data::{RecallTask, Split, TextDataset, TokenBatch, Tokenizer};
 
-use crate::config::{DataConfig, TrainConfig};
+use crate::config::{DataConfig, TokenizerChoice, TrainConfig};
 use crate::error::TrainError;
 
 /// A run's data, ready to batch.
@@ -21,11 +21,11 @@ impl BatchSource {
     pub fn open(config: &TrainConfig, cache_dir: &Path) -> Result<Self, TrainError> {
         let source = match &config.data {
             DataConfig::Recall { .. } => BatchSource::Recall(config.data.recall().expect("recall config")),
-            DataConfig::Shakespeare { path } => {
+            DataConfig::Shakespeare { path, tokenizer } => {
                 let file = qkv_data::tiny_shakespeare(path.as_deref(), cache_dir)?;
-                BatchSource::Text(TextDataset::char_level_from_file(&file)?)
+                BatchSource::Text(text_dataset(&file, *tokenizer)?)
             }
-            DataConfig::TextFile { path } => BatchSource::Text(TextDataset::char_level_from_file(path)?),
+            DataConfig::TextFile { path, tokenizer } => BatchSource::Text(text_dataset(path, *tokenizer)?),
         };
         if let BatchSource::Text(text) = &source {
             text.check_block_size(config.model.block_size)?;
@@ -48,4 +48,14 @@ impl BatchSource {
             BatchSource::Text(text) => text.batch(split, batch, block_size, below),
         }
     }
+}
+
+/// Reads and tokenizes a text file with the chosen tokenizer, built from the text itself.
+fn text_dataset(path: &Path, choice: TokenizerChoice) -> Result<TextDataset, TrainError> {
+    let text = qkv_data::read_text(path)?;
+    let tokenizer = match choice {
+        TokenizerChoice::Char => Tokenizer::Char(qkv_data::CharTokenizer::from_text(&text)),
+        TokenizerChoice::Bpe { vocab_size } => Tokenizer::Bpe(qkv_data::BpeTokenizer::train(&text, vocab_size)?),
+    };
+    Ok(TextDataset::from_text(&text, tokenizer)?)
 }

@@ -18,7 +18,7 @@ fn start(config: TrainConfig, dir: &Path) -> String {
 
 fn text_config(path: &Path) -> TrainConfig {
     let mut config = tiny_recall(4, 0.0);
-    config.data = DataConfig::TextFile { path: path.into() };
+    config.data = DataConfig::TextFile { path: path.into(), tokenizer: crate::TokenizerChoice::Char };
     config.model.block_size = 16;
     config
 }

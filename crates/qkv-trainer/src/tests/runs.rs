@@ -53,7 +53,7 @@ fn tiny_model_overfits_tiny_corpus() {
     // loss to zero at every position of a window.
     std::fs::write(&corpus, "qkv07 ZEBRA-jumps!".repeat(12)).unwrap();
     let mut config = tiny_recall(150, 0.0);
-    config.data = DataConfig::TextFile { path: corpus };
+    config.data = DataConfig::TextFile { path: corpus, tokenizer: crate::TokenizerChoice::Char };
     config.model = ModelSettings { n_layers: 1, n_heads: 2, d_model: 32, block_size: 8, dropout: 0.0, bias: true, positional: qkv_transformer::PositionalEncoding::Learned };
     config.lr = 1e-2;
     config.min_lr = 1e-2;
