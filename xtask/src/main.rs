@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model (default: the built-in associative-recall task).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Generate tokens from a trained model or a Hugging Face GPT-2 directory.
     Sample(sample::SampleArgs),
 }
@@ -33,7 +33,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
     };
     if let Err(error) = result {

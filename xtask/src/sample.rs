@@ -63,12 +63,17 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, Option<Tokenizer>
         let config: GptConfig = serde_json::from_str(&text).context("reading model_config.json")?;
         let weights = dir.join("checkpoint").join("model.safetensors");
         let model = config.try_init(device)?.load_safetensors(&weights)?;
-        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json")).context("reading the run's tokenizer.json")?;
+        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))
+            .context("reading the run's tokenizer.json")?;
         Ok((model, Some(tokenizer)))
     } else if dir.join("config.json").exists() && dir.join("model.safetensors").exists() {
         let (model, _) = qkv_transformer::gpt2::load_hf_gpt2(dir, device)?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.exists() { Some(Tokenizer::load(&tokenizer_path)?) } else { None };
+        let tokenizer = if tokenizer_path.exists() {
+            Some(Tokenizer::load(&tokenizer_path)?)
+        } else {
+            None
+        };
         Ok((model, tokenizer))
     } else {
         bail!(
@@ -85,14 +90,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let prompt: Vec<u32> = match (&args.prompt_ids, &args.prompt, &tokenizer) {
         (Some(ids), _, _) => ids.clone(),
         (None, Some(text), Some(tokenizer)) => tokenizer.encode(text)?,
-        (None, Some(_), None) => bail!("this checkpoint has no tokenizer.json: give the prompt as --prompt-ids"),
-        (None, None, Some(tokenizer)) => tokenizer.encode("\n").or_else(|_| tokenizer.encode(" "))?,
+        (None, Some(_), None) => {
+            bail!("this checkpoint has no tokenizer.json: give the prompt as --prompt-ids")
+        }
+        (None, None, Some(tokenizer)) => {
+            tokenizer.encode("\n").or_else(|_| tokenizer.encode(" "))?
+        }
         (None, None, None) => bail!("give a --prompt or --prompt-ids"),
     };
     let sampling = if args.greedy {
         Sampling::Greedy
     } else {
-        Sampling::Random { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed }
+        Sampling::Random {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        }
     };
     let config = GenerationConfig {
         max_new_tokens: args.tokens,

@@ -110,14 +110,17 @@ impl TrainArgs {
     fn resolve(&self) -> Result<TrainConfig> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 TrainConfig::from_json(&text)?
             }
             None => TrainConfig::preset(&self.preset)?,
         };
         let choice = match self.tokenizer {
             Some(TokenizerFlag::Char) => Some(TokenizerChoice::Char),
-            Some(TokenizerFlag::Bpe) => Some(TokenizerChoice::Bpe { vocab_size: self.bpe_vocab }),
+            Some(TokenizerFlag::Bpe) => Some(TokenizerChoice::Bpe {
+                vocab_size: self.bpe_vocab,
+            }),
             None => None,
         };
         c.data = match (c.data, &self.data) {
@@ -131,7 +134,9 @@ impl TrainArgs {
             },
             (recall @ DataConfig::Recall { .. }, None) => {
                 if choice.is_some() {
-                    anyhow::bail!("--tokenizer applies to text data; the recall task has its own vocabulary");
+                    anyhow::bail!(
+                        "--tokenizer applies to text data; the recall task has its own vocabulary"
+                    );
                 }
                 recall
             }
@@ -161,13 +166,21 @@ impl TrainArgs {
 /// Runs `cargo xtask train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = args.resolve()?;
-    let name = if args.config.is_some() { "custom" } else { args.preset.as_str() };
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let name = if args.config.is_some() {
+        "custom"
+    } else {
+        args.preset.as_str()
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(name));
     let device = args.backend.device().autodiff();
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     let mut trainer = Trainer::new(config.clone(), &out, &args.cache_dir, &device, args.resume)?;
     let params = trainer.model.parameter_count();
@@ -235,8 +248,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let tokenizer = trainer.source.tokenizer();
         let model = burn::module::Module::valid(&trainer.model);
         let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
-        let sampling = Sampling::Random { temperature: 0.8, top_k: Some(200), top_p: None, seed: config.seed };
-        let generation = GenerationConfig { sampling, ..GenerationConfig::greedy(300) };
+        let sampling = Sampling::Random {
+            temperature: 0.8,
+            top_k: Some(200),
+            top_p: None,
+            seed: config.seed,
+        };
+        let generation = GenerationConfig {
+            sampling,
+            ..GenerationConfig::greedy(300)
+        };
         let out_tokens = model.generate(&[prompt], &generation, |_, _| {})?;
         let text = tokenizer.decode(&out_tokens.tokens[0])?;
         std::fs::write(out.join("sample.txt"), &text).context("writing sample.txt")?;

@@ -54,14 +54,22 @@ impl TextDataset {
     pub fn from_text(text: &str, tokenizer: Tokenizer) -> Result<Self, DataError> {
         let ids = tokenizer.encode(text)?;
         let cut = ids.len() * 9 / 10;
-        Ok(Self { tokenizer, train: ids[..cut].to_vec(), val: ids[cut..].to_vec() })
+        Ok(Self {
+            tokenizer,
+            train: ids[..cut].to_vec(),
+            val: ids[cut..].to_vec(),
+        })
     }
 
     /// Checks that both splits hold at least one window of `block_size + 1` tokens.
     pub fn check_block_size(&self, block_size: usize) -> Result<(), DataError> {
         for (split, ids) in [("train", &self.train), ("validation", &self.val)] {
             if ids.len() < block_size + 1 {
-                return Err(DataError::TooShort { split, tokens: ids.len(), needed: block_size + 1 });
+                return Err(DataError::TooShort {
+                    split,
+                    tokens: ids.len(),
+                    needed: block_size + 1,
+                });
             }
         }
         Ok(())
@@ -73,30 +81,57 @@ impl TextDataset {
     /// # Panics
     /// If the split is shorter than `block_size + 1` (see
     /// [`check_block_size`](Self::check_block_size)).
-    pub fn batch(&self, split: Split, batch: usize, block_size: usize, below: &mut dyn FnMut(usize) -> usize) -> TokenBatch {
+    pub fn batch(
+        &self,
+        split: Split,
+        batch: usize,
+        block_size: usize,
+        below: &mut dyn FnMut(usize) -> usize,
+    ) -> TokenBatch {
         let ids = match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
         };
-        assert!(ids.len() > block_size, "split shorter than one window; call check_block_size first");
+        assert!(
+            ids.len() > block_size,
+            "split shorter than one window; call check_block_size first"
+        );
         let mut inputs = Vec::with_capacity(batch * block_size);
         let mut targets = Vec::with_capacity(batch * block_size);
         for _ in 0..batch {
             let start = below(ids.len() - block_size);
             inputs.extend(ids[start..start + block_size].iter().map(|&t| t as i64));
-            targets.extend(ids[start + 1..start + block_size + 1].iter().map(|&t| t as i64));
+            targets.extend(
+                ids[start + 1..start + block_size + 1]
+                    .iter()
+                    .map(|&t| t as i64),
+            );
         }
-        TokenBatch { batch, seq: block_size, inputs, targets }
+        TokenBatch {
+            batch,
+            seq: block_size,
+            inputs,
+            targets,
+        }
     }
 }
 
 /// Reads a UTF-8 text file, with an error that says what is wrong with it.
 pub fn read_text(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.into(),
+        source,
+    })?;
     if bytes.is_empty() {
-        return Err(DataError::Empty { path: path.into(), needed: 2 });
+        return Err(DataError::Empty {
+            path: path.into(),
+            needed: 2,
+        });
     }
-    String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 { path: path.into(), offset: e.utf8_error().valid_up_to() })
+    String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
+        path: path.into(),
+        offset: e.utf8_error().valid_up_to(),
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +140,9 @@ mod tests {
     use crate::tokenizer::CharTokenizer;
 
     fn dataset() -> TextDataset {
-        let text: String = (0..100).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..100)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         TextDataset::from_text(&text, Tokenizer::Char(CharTokenizer::from_text(&text))).unwrap()
     }
 
@@ -131,16 +168,32 @@ mod tests {
     fn short_and_bad_files_are_named() {
         let d = dataset();
         let err = d.check_block_size(10).unwrap_err().to_string();
-        assert!(err.contains("validation split has 10 tokens") && err.contains("11"), "{err}");
+        assert!(
+            err.contains("validation split has 10 tokens") && err.contains("11"),
+            "{err}"
+        );
         let dir = std::env::temp_dir().join(format!("qkv-data-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.txt");
         std::fs::write(&empty, b"").unwrap();
-        assert!(read_text(&empty).unwrap_err().to_string().contains("is empty"));
+        assert!(
+            read_text(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
         let binary = dir.join("binary.bin");
         std::fs::write(&binary, [b'o', b'k', 0xff, 0xfe]).unwrap();
         let err = read_text(&binary).unwrap_err().to_string();
-        assert!(err.contains("not valid UTF-8") && err.contains("offset 2") && err.contains("bpe"), "{err}");
-        assert!(read_text(&dir.join("missing.txt")).unwrap_err().to_string().contains("missing.txt"));
+        assert!(
+            err.contains("not valid UTF-8") && err.contains("offset 2") && err.contains("bpe"),
+            "{err}"
+        );
+        assert!(
+            read_text(&dir.join("missing.txt"))
+                .unwrap_err()
+                .to_string()
+                .contains("missing.txt")
+        );
     }
 }

@@ -22,7 +22,9 @@ pub enum DataError {
         needed: usize,
     },
     /// Too little data for one training window.
-    #[error("the {split} split has {tokens} tokens, but one training window needs block_size + 1 = {needed}; use a longer text or a smaller --block-size")]
+    #[error(
+        "the {split} split has {tokens} tokens, but one training window needs block_size + 1 = {needed}; use a longer text or a smaller --block-size"
+    )]
     TooShort {
         /// Which split.
         split: &'static str,
@@ -32,7 +34,9 @@ pub enum DataError {
         needed: usize,
     },
     /// The file is not UTF-8 text.
-    #[error("{path} is not valid UTF-8 text (first bad byte at offset {offset}); the character tokenizer reads text only: convert the file to UTF-8, or use --tokenizer bpe, which works on bytes")]
+    #[error(
+        "{path} is not valid UTF-8 text (first bad byte at offset {offset}); the character tokenizer reads text only: convert the file to UTF-8, or use --tokenizer bpe, which works on bytes"
+    )]
     NotUtf8 {
         /// The file.
         path: PathBuf,
@@ -42,11 +46,16 @@ pub enum DataError {
     /// Text holds a character the tokenizer has never seen.
     #[error("the character {0:?} is not in this model's vocabulary")]
     UnknownCharacter(char),
+    /// A word outside a fixed vocabulary.
+    #[error("the word {0:?} is not in this model's vocabulary")]
+    UnknownWord(String),
     /// A token id the tokenizer cannot decode.
     #[error("token id {0} is not in this tokenizer's vocabulary")]
     UnknownToken(u32),
     /// A download's SHA-256 did not match.
-    #[error("{url}: checksum mismatch (expected SHA-256 {expected}, got {actual}); the download was discarded and nothing was cached")]
+    #[error(
+        "{url}: checksum mismatch (expected SHA-256 {expected}, got {actual}); the download was discarded and nothing was cached"
+    )]
     Checksum {
         /// Where it came from.
         url: String,
@@ -56,7 +65,9 @@ pub enum DataError {
         actual: String,
     },
     /// The download failed (offline, or the server said no).
-    #[error("could not download {name} from {url} ({reason}). If this machine is offline, pass --data FILE with a local copy, or set {env_var} to a directory holding {file_name}")]
+    #[error(
+        "could not download {name} from {url} ({reason}). If this machine is offline, pass --data FILE with a local copy, or set {env_var} to a directory holding {file_name}"
+    )]
     Download {
         /// The dataset.
         name: String,

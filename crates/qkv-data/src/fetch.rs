@@ -37,7 +37,10 @@ pub const DATA_DIR_ENV: &str = "QKV_DATA_DIR";
 
 /// The lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The file of `source` in `cache_dir`, downloading it from `url` (normally `source.url`) if
@@ -46,7 +49,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A cached file is trusted only if its digest matches. A download is verified before it is
 /// cached, and written to a temporary name then renamed, so a failed or corrupted download
 /// never leaves a file behind.
-pub fn fetch_verified(source: &DataSource, url: &str, cache_dir: &Path) -> Result<PathBuf, DataError> {
+pub fn fetch_verified(
+    source: &DataSource,
+    url: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf, DataError> {
     let target = cache_dir.join(source.file_name);
     if let Ok(bytes) = std::fs::read(&target)
         && sha256_hex(&bytes) == source.sha256
@@ -62,13 +69,23 @@ pub fn fetch_verified(source: &DataSource, url: &str, cache_dir: &Path) -> Resul
     })?;
     let actual = sha256_hex(&bytes);
     if actual != source.sha256 {
-        return Err(DataError::Checksum { url: url.to_string(), expected: source.sha256.to_string(), actual });
+        return Err(DataError::Checksum {
+            url: url.to_string(),
+            expected: source.sha256.to_string(),
+            actual,
+        });
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| DataError::Io { path: cache_dir.into(), source: e })?;
+    std::fs::create_dir_all(cache_dir).map_err(|e| DataError::Io {
+        path: cache_dir.into(),
+        source: e,
+    })?;
     let tmp = cache_dir.join(format!("{}.partial", source.file_name));
     std::fs::write(&tmp, &bytes)
         .and_then(|()| std::fs::rename(&tmp, &target))
-        .map_err(|e| DataError::Io { path: target.clone(), source: e })?;
+        .map_err(|e| DataError::Io {
+            path: target.clone(),
+            source: e,
+        })?;
     Ok(target)
 }
 
@@ -98,7 +115,13 @@ pub fn tiny_shakespeare(explicit: Option<&Path>, cache_dir: &Path) -> Result<Pat
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(DataError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (given with --data)") })
+            Err(DataError::Io {
+                path: path.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file (given with --data)",
+                ),
+            })
         };
     }
     if let Some(dir) = std::env::var_os(DATA_DIR_ENV) {
@@ -125,7 +148,10 @@ mod tests {
                 let mut stream = stream.unwrap();
                 let mut request = [0u8; 1024];
                 let _ = stream.read(&mut request);
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(&body);
             }
@@ -135,7 +161,13 @@ mod tests {
 
     fn source_for(body: &[u8]) -> DataSource {
         let digest: &'static str = Box::leak(sha256_hex(body).into_boxed_str());
-        DataSource { name: "test corpus", url: "unused", sha256: digest, size: body.len() as u64, file_name: "corpus.txt" }
+        DataSource {
+            name: "test corpus",
+            url: "unused",
+            sha256: digest,
+            size: body.len() as u64,
+            file_name: "corpus.txt",
+        }
     }
 
     fn cache(name: &str) -> PathBuf {
@@ -172,11 +204,25 @@ mod tests {
     #[test]
     fn no_server_names_the_way_out() {
         // Bind then drop a listener: nothing listens on that port any more.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let source = source_for(b"x");
-        let err = fetch_verified(&source, &format!("http://127.0.0.1:{port}/x"), &cache("none")).unwrap_err();
+        let err = fetch_verified(
+            &source,
+            &format!("http://127.0.0.1:{port}/x"),
+            &cache("none"),
+        )
+        .unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("--data") && message.contains(DATA_DIR_ENV) && message.contains("offline"), "{message}");
+        assert!(
+            message.contains("--data")
+                && message.contains(DATA_DIR_ENV)
+                && message.contains("offline"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -186,7 +232,9 @@ mod tests {
         let file = dir.join("my.txt");
         std::fs::write(&file, "hello").unwrap();
         assert_eq!(tiny_shakespeare(Some(&file), &dir).unwrap(), file);
-        let err = tiny_shakespeare(Some(&dir.join("nope.txt")), &dir).unwrap_err().to_string();
+        let err = tiny_shakespeare(Some(&dir.join("nope.txt")), &dir)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope.txt") && err.contains("--data"), "{err}");
     }
 }

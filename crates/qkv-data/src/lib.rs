@@ -25,7 +25,7 @@ pub use dataset::{Split, TextDataset, TokenBatch, read_text};
 pub use error::DataError;
 pub use fetch::{DataSource, TINY_SHAKESPEARE, tiny_shakespeare};
 pub use recall::RecallTask;
-pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer};
+pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer, WordTokenizer};
 
 /// The target value that carries no loss (padding, or positions that are not answers).
 pub const IGNORE: i64 = -1;

@@ -18,27 +18,44 @@ impl CharTokenizer {
     /// The sorted set of characters of `text`.
     pub fn from_text(text: &str) -> Self {
         let set: BTreeSet<char> = text.chars().collect();
-        Self { chars: set.into_iter().collect() }
+        Self {
+            chars: set.into_iter().collect(),
+        }
     }
 
     /// A tokenizer over exactly these characters, in this order.
     pub fn from_chars(chars: impl IntoIterator<Item = char>) -> Self {
-        Self { chars: chars.into_iter().collect() }
+        Self {
+            chars: chars.into_iter().collect(),
+        }
     }
 
     /// The id of each character.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         text.chars()
-            .map(|c| self.chars.binary_search(&c).map(|i| i as u32).or_else(|_| {
-                // Vocabularies given with from_chars may be unsorted.
-                self.chars.iter().position(|&x| x == c).map(|i| i as u32).ok_or(DataError::UnknownCharacter(c))
-            }))
+            .map(|c| {
+                self.chars.binary_search(&c).map(|i| i as u32).or_else(|_| {
+                    // Vocabularies given with from_chars may be unsorted.
+                    self.chars
+                        .iter()
+                        .position(|&x| x == c)
+                        .map(|i| i as u32)
+                        .ok_or(DataError::UnknownCharacter(c))
+                })
+            })
             .collect()
     }
 
     /// The text of the ids.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
-        ids.iter().map(|&id| self.chars.get(id as usize).copied().ok_or(DataError::UnknownToken(id))).collect()
+        ids.iter()
+            .map(|&id| {
+                self.chars
+                    .get(id as usize)
+                    .copied()
+                    .ok_or(DataError::UnknownToken(id))
+            })
+            .collect()
     }
 }
 
@@ -72,29 +89,44 @@ impl BpeTokenizer {
             .show_progress(false)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        let mut tokenizer = TokenizerBuilder::<BPE, tokenizers::NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-            .with_model(BPE::default())
-            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
-            .with_decoder(Some(ByteLevel::default()))
-            .build()
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let mut tokenizer = TokenizerBuilder::<
+            BPE,
+            tokenizers::NormalizerWrapper,
+            ByteLevel,
+            ByteLevel,
+            ByteLevel,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+        .with_decoder(Some(ByteLevel::default()))
+        .build()
+        .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         tokenizer
-            .train(&mut trainer, text.split_inclusive('\n').map(|s| s.to_string()))
+            .train(
+                &mut trainer,
+                text.split_inclusive('\n').map(|s| s.to_string()),
+            )
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         let _ = tokenizer.get_model().get_vocab_size();
-        let json = tokenizer.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let json = tokenizer
+            .to_string(false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Self::from_json(&json)
     }
 
     /// Reads a Hugging Face `tokenizer.json` (GPT-2's, or one saved by [`to_json`](Self::to_json)).
     pub fn from_json(json: &str) -> Result<Self, DataError> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
         Ok(Self { inner })
     }
 
     /// The Hugging Face `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String, DataError> {
-        self.inner.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))
+        self.inner
+            .to_string(false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 
     /// Tokens in the vocabulary (merges and added tokens included).
@@ -104,29 +136,84 @@ impl BpeTokenizer {
 
     /// The ids of `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        let encoding = self.inner.encode(text, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// The text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
-        self.inner.decode(ids, false).map_err(|e| DataError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 }
 
-/// Either tokenizer, as saved beside a run.
+/// A fixed vocabulary of whole words; text is tokens separated by spaces (the recall task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordTokenizer {
+    /// The words; a word's id is its index.
+    pub tokens: Vec<String>,
+    #[serde(skip)]
+    index: std::collections::HashMap<String, u32>,
+}
+
+impl WordTokenizer {
+    /// A tokenizer over exactly these words, in this order.
+    pub fn new(tokens: Vec<String>) -> Self {
+        let index = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        Self { tokens, index }
+    }
+
+    /// The ids of the space-separated words of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        text.split_whitespace()
+            .map(|w| {
+                self.index
+                    .get(w)
+                    .copied()
+                    .ok_or_else(|| DataError::UnknownWord(w.to_string()))
+            })
+            .collect()
+    }
+
+    /// The words of `ids`, separated by spaces.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        let words: Result<Vec<&str>, DataError> = ids
+            .iter()
+            .map(|&id| {
+                self.tokens
+                    .get(id as usize)
+                    .map(String::as_str)
+                    .ok_or(DataError::UnknownToken(id))
+            })
+            .collect();
+        Ok(words?.join(" "))
+    }
+}
+
+/// Any of the tokenizers, as saved beside a run.
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
     /// One token per character.
     Char(CharTokenizer),
+    /// One token per space-separated word of a fixed vocabulary.
+    Words(WordTokenizer),
     /// Byte-level BPE.
-    Bpe(BpeTokenizer),
+    Bpe(Box<BpeTokenizer>),
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum SavedTokenizer {
     Char { chars: String },
+    Words { tokens: Vec<String> },
 }
 
 impl Tokenizer {
@@ -134,6 +221,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Char(t) => t.chars.len(),
+            Tokenizer::Words(t) => t.tokens.len(),
             Tokenizer::Bpe(t) => t.vocab_size(),
         }
     }
@@ -142,6 +230,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match self {
             Tokenizer::Char(t) => t.encode(text),
+            Tokenizer::Words(t) => t.encode(text),
             Tokenizer::Bpe(t) => t.encode(text),
         }
     }
@@ -150,17 +239,29 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         match self {
             Tokenizer::Char(t) => t.decode(ids),
+            Tokenizer::Words(t) => t.decode(ids),
             Tokenizer::Bpe(t) => t.decode(ids),
         }
     }
 
-    /// The tokenizer as JSON: ours for characters (`{"kind": "char", "chars": "…"}`),
+    /// The tokenizer as JSON: ours for characters (`{"kind": "char", "chars": "…"}`) and
+    /// words (`{"kind": "words", "tokens": […]}`),
     /// Hugging Face's `tokenizer.json` format for BPE.
     pub fn to_json(&self) -> Result<String, DataError> {
         match self {
             Tokenizer::Char(t) => {
-                let saved = SavedTokenizer::Char { chars: t.chars.iter().collect() };
-                serde_json::to_string_pretty(&saved).map_err(|e| DataError::Tokenizer(e.to_string()))
+                let saved = SavedTokenizer::Char {
+                    chars: t.chars.iter().collect(),
+                };
+                serde_json::to_string_pretty(&saved)
+                    .map_err(|e| DataError::Tokenizer(e.to_string()))
+            }
+            Tokenizer::Words(t) => {
+                let saved = SavedTokenizer::Words {
+                    tokens: t.tokens.clone(),
+                };
+                serde_json::to_string_pretty(&saved)
+                    .map_err(|e| DataError::Tokenizer(e.to_string()))
             }
             Tokenizer::Bpe(t) => t.to_json(),
         }
@@ -169,19 +270,30 @@ impl Tokenizer {
     /// Reads what [`to_json`](Self::to_json) wrote, or any Hugging Face `tokenizer.json`.
     pub fn from_json(json: &str) -> Result<Self, DataError> {
         match serde_json::from_str::<SavedTokenizer>(json) {
-            Ok(SavedTokenizer::Char { chars }) => Ok(Tokenizer::Char(CharTokenizer::from_chars(chars.chars()))),
-            Err(_) => BpeTokenizer::from_json(json).map(Tokenizer::Bpe),
+            Ok(SavedTokenizer::Char { chars }) => {
+                Ok(Tokenizer::Char(CharTokenizer::from_chars(chars.chars())))
+            }
+            Ok(SavedTokenizer::Words { tokens }) => {
+                Ok(Tokenizer::Words(WordTokenizer::new(tokens)))
+            }
+            Err(_) => BpeTokenizer::from_json(json).map(|t| Tokenizer::Bpe(Box::new(t))),
         }
     }
 
     /// Writes `tokenizer.json`-style JSON to `path`.
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
-        std::fs::write(path, self.to_json()?).map_err(|source| DataError::Io { path: path.into(), source })
+        std::fs::write(path, self.to_json()?).map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })
     }
 
     /// Reads a tokenizer file.
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let json = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+        let json = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::from_json(&json)
     }
 }
@@ -196,7 +308,10 @@ mod tests {
         assert_eq!(t.chars, vec![' ', 'd', 'e', 'h', 'l', 'o', 'r', 'w']);
         let ids = t.encode("world hello").unwrap();
         assert_eq!(t.decode(&ids).unwrap(), "world hello");
-        assert!(matches!(t.encode("hellö"), Err(DataError::UnknownCharacter('ö'))));
+        assert!(matches!(
+            t.encode("hellö"),
+            Err(DataError::UnknownCharacter('ö'))
+        ));
         assert!(matches!(t.decode(&[99]), Err(DataError::UnknownToken(99))));
         let saved = Tokenizer::Char(t.clone()).to_json().unwrap();
         match Tokenizer::from_json(&saved).unwrap() {
@@ -209,15 +324,26 @@ mod tests {
     fn bpe_trains_round_trips_and_handles_any_bytes() {
         let text = "the cat sat on the mat. the cat ate the rat. ".repeat(50);
         let bpe = BpeTokenizer::train(&text, 300).unwrap();
-        assert!(bpe.vocab_size() > 256 && bpe.vocab_size() <= 300, "{}", bpe.vocab_size());
+        assert!(
+            bpe.vocab_size() > 256 && bpe.vocab_size() <= 300,
+            "{}",
+            bpe.vocab_size()
+        );
         let ids = bpe.encode("the cat sat").unwrap();
-        assert!(ids.len() < "the cat sat".len(), "merges shorten the text: {ids:?}");
+        assert!(
+            ids.len() < "the cat sat".len(),
+            "merges shorten the text: {ids:?}"
+        );
         assert_eq!(bpe.decode(&ids).unwrap(), "the cat sat");
         // Unseen characters still encode, byte by byte.
         let odd = "naïve 🦀 <&>";
         assert_eq!(bpe.decode(&bpe.encode(odd).unwrap()).unwrap(), odd);
-        let again = Tokenizer::from_json(&Tokenizer::Bpe(bpe.clone()).to_json().unwrap()).unwrap();
-        assert_eq!(again.encode("the rat").unwrap(), bpe.encode("the rat").unwrap());
+        let again = Tokenizer::from_json(&Tokenizer::Bpe(Box::new(bpe.clone())).to_json().unwrap())
+            .unwrap();
+        assert_eq!(
+            again.encode("the rat").unwrap(),
+            bpe.encode("the rat").unwrap()
+        );
         assert!(BpeTokenizer::train(&text, 100).is_err());
     }
 }

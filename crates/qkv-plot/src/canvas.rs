@@ -30,7 +30,11 @@ pub struct Canvas {
 impl Canvas {
     /// A white canvas.
     pub fn new(width: usize, height: usize) -> Self {
-        Self { width, height, pixels: vec![255; width * height * 3] }
+        Self {
+            width,
+            height,
+            pixels: vec![255; width * height * 3],
+        }
     }
 
     /// Colours one pixel (ignored outside the canvas).
@@ -63,7 +67,13 @@ impl Canvas {
         let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
         let (mut x, mut y, mut err) = (x0, y0, dx + dy);
         loop {
-            self.fill_rect(x - thickness / 2, y - thickness / 2, thickness, thickness, color);
+            self.fill_rect(
+                x - thickness / 2,
+                y - thickness / 2,
+                thickness,
+                thickness,
+                color,
+            );
             if x == x1 && y == y1 {
                 break;
             }
@@ -86,7 +96,13 @@ impl Canvas {
             for (row, bits) in glyph(c).iter().enumerate() {
                 for (col, b) in bits.bytes().enumerate() {
                     if b == b'#' {
-                        self.fill_rect(left + col as i64 * scale, y + row as i64 * scale, scale, scale, color);
+                        self.fill_rect(
+                            left + col as i64 * scale,
+                            y + row as i64 * scale,
+                            scale,
+                            scale,
+                            color,
+                        );
                     }
                 }
             }
@@ -100,7 +116,13 @@ impl Canvas {
             for (row, bits) in glyph(c).iter().enumerate() {
                 for (col, b) in bits.bytes().enumerate() {
                     if b == b'#' {
-                        self.fill_rect(x + row as i64 * scale, bottom - (col as i64 + 1) * scale, scale, scale, color);
+                        self.fill_rect(
+                            x + row as i64 * scale,
+                            bottom - (col as i64 + 1) * scale,
+                            scale,
+                            scale,
+                            color,
+                        );
                     }
                 }
             }
@@ -125,7 +147,9 @@ impl Canvas {
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
             let mut writer = encoder.write_header().expect("writing to memory");
-            writer.write_image_data(&self.pixels).expect("writing to memory");
+            writer
+                .write_image_data(&self.pixels)
+                .expect("writing to memory");
         }
         out
     }

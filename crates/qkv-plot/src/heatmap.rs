@@ -31,7 +31,13 @@ impl Heatmap {
     /// Draws the grid.
     pub fn render(&self) -> Canvas {
         let (rows, cols) = (self.row_labels.len(), self.col_labels.len());
-        let label_chars = self.row_labels.iter().chain(&self.col_labels).map(|l| l.chars().count()).max().unwrap_or(1) as i64;
+        let label_chars = self
+            .row_labels
+            .iter()
+            .chain(&self.col_labels)
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(1) as i64;
         let label_px = Canvas::text_width(&"x".repeat(label_chars as usize), 1) + 6;
         let cell = self.cell as i64;
         let panel_w = label_px + cols as i64 * cell + 16;
@@ -54,10 +60,22 @@ impl Heatmap {
             }
             for (r, label) in self.row_labels.iter().enumerate() {
                 let y = gy + r as i64 * cell + (cell - 7) / 2;
-                c.text(gx - 4 - Canvas::text_width(label, 1), y, label, Rgb::BLACK, 1);
+                c.text(
+                    gx - 4 - Canvas::text_width(label, 1),
+                    y,
+                    label,
+                    Rgb::BLACK,
+                    1,
+                );
                 for k in 0..cols {
                     let w = weights.get(r * cols + k).copied().unwrap_or(0.0);
-                    c.fill_rect(gx + k as i64 * cell, gy + r as i64 * cell, cell - 1, cell - 1, heat_color(w));
+                    c.fill_rect(
+                        gx + k as i64 * cell,
+                        gy + r as i64 * cell,
+                        cell - 1,
+                        cell - 1,
+                        heat_color(w),
+                    );
                 }
             }
         }
@@ -80,7 +98,10 @@ mod tests {
             cell: 12,
         };
         let c = map.render();
-        let dark = (0..c.height).flat_map(|y| (0..c.width).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y) == heat_color(1.0)).count();
+        let dark = (0..c.height)
+            .flat_map(|y| (0..c.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| c.get(x, y) == heat_color(1.0))
+            .count();
         assert_eq!(dark, 11 * 11, "exactly one full-weight cell");
     }
 }

@@ -37,7 +37,11 @@ impl LinePlot {
     /// Draws the plot (800 × 500).
     pub fn render(&self) -> Canvas {
         let mut c = Canvas::new(W, H);
-        let points = self.series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+        let points = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite());
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in points {
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -60,14 +64,31 @@ impl LinePlot {
             c.line((px(fx), TOP), (px(fx), TOP + ph), Rgb::GRID, 1);
             c.line((LEFT, py(fy)), (LEFT + pw, py(fy)), Rgb::GRID, 1);
             let xt = format_tick(fx);
-            c.text(px(fx) - Canvas::text_width(&xt, 1) / 2, TOP + ph + 8, &xt, Rgb::BLACK, 1);
+            c.text(
+                px(fx) - Canvas::text_width(&xt, 1) / 2,
+                TOP + ph + 8,
+                &xt,
+                Rgb::BLACK,
+                1,
+            );
             let yt = format_tick(fy);
-            c.text(LEFT - 8 - Canvas::text_width(&yt, 1), py(fy) - 3, &yt, Rgb::BLACK, 1);
+            c.text(
+                LEFT - 8 - Canvas::text_width(&yt, 1),
+                py(fy) - 3,
+                &yt,
+                Rgb::BLACK,
+                1,
+            );
         }
         c.line((LEFT, TOP), (LEFT, TOP + ph), Rgb::BLACK, 1);
         c.line((LEFT, TOP + ph), (LEFT + pw, TOP + ph), Rgb::BLACK, 1);
         for s in &self.series {
-            let pts: Vec<(i64, i64)> = s.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
+            let pts: Vec<(i64, i64)> = s
+                .points
+                .iter()
+                .filter(|p| p.1.is_finite())
+                .map(|&(x, y)| (px(x), py(y)))
+                .collect();
             for pair in pts.windows(2) {
                 c.line(pair[0], pair[1], s.color, 2);
             }
@@ -75,9 +96,27 @@ impl LinePlot {
                 c.fill_rect(pts[0].0 - 2, pts[0].1 - 2, 5, 5, s.color);
             }
         }
-        c.text((W as i64 - Canvas::text_width(&self.title, 2)) / 2, 10, &self.title, Rgb::BLACK, 2);
-        c.text(LEFT + (pw - Canvas::text_width(&self.x_label, 1)) / 2, H as i64 - 22, &self.x_label, Rgb::BLACK, 1);
-        c.text_vertical(12, TOP + (ph + Canvas::text_width(&self.y_label, 1)) / 2, &self.y_label, Rgb::BLACK, 1);
+        c.text(
+            (W as i64 - Canvas::text_width(&self.title, 2)) / 2,
+            10,
+            &self.title,
+            Rgb::BLACK,
+            2,
+        );
+        c.text(
+            LEFT + (pw - Canvas::text_width(&self.x_label, 1)) / 2,
+            H as i64 - 22,
+            &self.x_label,
+            Rgb::BLACK,
+            1,
+        );
+        c.text_vertical(
+            12,
+            TOP + (ph + Canvas::text_width(&self.y_label, 1)) / 2,
+            &self.y_label,
+            Rgb::BLACK,
+            1,
+        );
         for (i, s) in self.series.iter().enumerate() {
             let y = TOP + 10 + i as i64 * 14;
             let x = LEFT + pw - 150;
@@ -110,10 +149,17 @@ mod tests {
             title: "loss".into(),
             x_label: "step".into(),
             y_label: "loss".into(),
-            series: vec![Series { name: "train".into(), color: red, points: vec![(0.0, 4.0), (100.0, 1.0)] }],
+            series: vec![Series {
+                name: "train".into(),
+                color: red,
+                points: vec![(0.0, 4.0), (100.0, 1.0)],
+            }],
         };
         let c = plot.render();
-        let reds = (0..c.height).flat_map(|y| (0..c.width).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y) == red).count();
+        let reds = (0..c.height)
+            .flat_map(|y| (0..c.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| c.get(x, y) == red)
+            .count();
         assert!(reds > 500, "the line is drawn: {reds} pixels");
         let bytes = c.png_bytes();
         assert_eq!(&bytes[1..4], b"PNG");

@@ -55,7 +55,10 @@ pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
@@ -84,7 +87,12 @@ pub fn save(
 
     let mut moments: HostTensors = BTreeMap::new();
     for (name, Moments { m, v }) in &optimizer.state {
-        let host = |t: &Tensor<1>| t.clone().into_data().try_into_vec_as::<f32>().expect("float state");
+        let host = |t: &Tensor<1>| {
+            t.clone()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("float state")
+        };
         let n = m.dims()[0];
         moments.insert(format!("m.{name}"), (vec![n], host(m)));
         moments.insert(format!("v.{name}"), (vec![n], host(v)));
@@ -123,38 +131,65 @@ impl Checkpoint {
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Checkpoint {
             path: dir.clone(),
-            reason: format!("no readable state.json ({e}); is this a qkv run directory with a checkpoint?"),
+            reason: format!(
+                "no readable state.json ({e}); is this a qkv run directory with a checkpoint?"
+            ),
         })?;
-        let state: RunState = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint { path: state_path.clone(), reason: format!("unreadable state: {e}") })?;
+        let state: RunState = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: state_path.clone(),
+            reason: format!("unreadable state: {e}"),
+        })?;
         let read = |name: &str| -> Result<HostTensors, TrainError> {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).map_err(io(&path))?;
             Ok(read_safetensors(&bytes, &path)?)
         };
-        Ok(Self { weights: read("model.safetensors")?, optimizer: read("optimizer.safetensors")?, state })
+        Ok(Self {
+            weights: read("model.safetensors")?,
+            optimizer: read("optimizer.safetensors")?,
+            state,
+        })
     }
 
     /// Rebuilds the optimizer on `device`, checking that every moment matches a parameter.
-    pub fn optimizer(&self, settings: crate::optim::AdamWSettings, model: &Gpt, device: &Device) -> Result<AdamW, TrainError> {
+    pub fn optimizer(
+        &self,
+        settings: crate::optim::AdamWSettings,
+        model: &Gpt,
+        device: &Device,
+    ) -> Result<AdamW, TrainError> {
         let mut optimizer = AdamW::new(settings);
         optimizer.t = self.state.optimizer_t;
         let shapes: BTreeMap<String, usize> = optimizer_names(model);
         for (name, (shape, m)) in &self.optimizer {
-            let Some(param) = name.strip_prefix("m.") else { continue };
+            let Some(param) = name.strip_prefix("m.") else {
+                continue;
+            };
             let expected = shapes.get(param).copied();
-            let (vshape, v) = self.optimizer.get(&format!("v.{param}")).ok_or_else(|| TrainError::Checkpoint {
-                path: PathBuf::from("optimizer.safetensors"),
-                reason: format!("m.{param} has no matching v.{param}"),
+            let (vshape, v) = self.optimizer.get(&format!("v.{param}")).ok_or_else(|| {
+                TrainError::Checkpoint {
+                    path: PathBuf::from("optimizer.safetensors"),
+                    reason: format!("m.{param} has no matching v.{param}"),
+                }
             })?;
             if expected != Some(shape[0]) || vshape != shape {
                 return Err(TrainError::Checkpoint {
                     path: PathBuf::from("optimizer.safetensors"),
-                    reason: format!("optimizer state for {param:?} has shape {shape:?}, but the model's parameter has {expected:?} elements"),
+                    reason: format!(
+                        "optimizer state for {param:?} has shape {shape:?}, but the model's parameter has {expected:?} elements"
+                    ),
                 });
             }
-            let tensor = |values: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(values.clone(), [shape[0]]), device);
-            optimizer.state.insert(param.to_string(), Moments { m: tensor(m), v: tensor(v) });
+            let tensor = |values: &Vec<f32>| {
+                Tensor::<1>::from_data(TensorData::new(values.clone(), [shape[0]]), device)
+            };
+            optimizer.state.insert(
+                param.to_string(),
+                Moments {
+                    m: tensor(m),
+                    v: tensor(v),
+                },
+            );
         }
         Ok(optimizer)
     }
@@ -175,10 +210,14 @@ pub fn optimizer_names(model: &Gpt) -> BTreeMap<String, usize> {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out.insert(self.path.join("."), param.val().shape().num_elements());
+            self.out
+                .insert(self.path.join("."), param.val().shape().num_elements());
         }
     }
-    let mut names = Names { path: Vec::new(), out: BTreeMap::new() };
+    let mut names = Names {
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
     model.visit(&mut names);
     names.out
 }

@@ -58,7 +58,15 @@ impl DataConfig {
     /// The recall task this describes, if it is one.
     pub fn recall(&self) -> Option<RecallTask> {
         match *self {
-            DataConfig::Recall { n_pairs, n_keys, n_values } => Some(RecallTask { n_pairs, n_keys, n_values }),
+            DataConfig::Recall {
+                n_pairs,
+                n_keys,
+                n_values,
+            } => Some(RecallTask {
+                n_pairs,
+                n_keys,
+                n_values,
+            }),
             _ => None,
         }
     }
@@ -131,10 +139,16 @@ fn learned() -> PositionalEncoding {
 impl ModelSettings {
     /// The full model config for a vocabulary of `vocab_size`.
     pub fn gpt(&self, vocab_size: usize) -> GptConfig {
-        GptConfig::new(vocab_size, self.block_size, self.n_layers, self.n_heads, self.d_model)
-            .with_dropout(self.dropout)
-            .with_bias(self.bias)
-            .with_positional(self.positional.clone())
+        GptConfig::new(
+            vocab_size,
+            self.block_size,
+            self.n_layers,
+            self.n_heads,
+            self.d_model,
+        )
+        .with_dropout(self.dropout)
+        .with_bias(self.bias)
+        .with_positional(self.positional.clone())
     }
 }
 
@@ -142,26 +156,39 @@ impl ModelSettings {
 pub const PRESETS: [&str; 2] = ["recall", "shakespeare-char"];
 
 impl TrainConfig {
-    /// The default run: associative recall with a 2-layer, 4-head, 64-wide model, learned
-    /// on 2 CPU cores in well under 5 minutes.
+    /// The default run: associative recall with a 2-layer, 4-head, 64-wide model and learned
+    /// positions, 2000 steps of batch 64 at lr 1e-3 (about 100 s on 2 CPU cores). Accuracy
+    /// jumps from chance to 100% around step 700, when the lookup circuit forms.
     pub fn recall() -> Self {
         let task = RecallTask::default();
         Self {
-            model: ModelSettings { n_layers: 2, n_heads: 4, d_model: 64, block_size: task.block_size(), dropout: 0.0, bias: true, positional: PositionalEncoding::Rotary { base: 10_000.0 } },
-            data: DataConfig::Recall { n_pairs: task.n_pairs, n_keys: task.n_keys, n_values: task.n_values },
+            model: ModelSettings {
+                n_layers: 2,
+                n_heads: 4,
+                d_model: 64,
+                block_size: task.block_size(),
+                dropout: 0.0,
+                bias: true,
+                positional: PositionalEncoding::Learned,
+            },
+            data: DataConfig::Recall {
+                n_pairs: task.n_pairs,
+                n_keys: task.n_keys,
+                n_values: task.n_values,
+            },
             batch_size: 64,
             grad_accum: 1,
-            max_iters: 600,
-            lr: 3e-3,
-            min_lr: 3e-4,
+            max_iters: 2000,
+            lr: 1e-3,
+            min_lr: 1e-4,
             warmup_iters: 50,
-            lr_decay_iters: 600,
+            lr_decay_iters: 2000,
             beta1: 0.9,
             beta2: 0.99,
             weight_decay: 0.1,
             grad_clip: 1.0,
-            eval_interval: 100,
-            eval_iters: 8,
+            eval_interval: 250,
+            eval_iters: 16,
             seed: 1337,
         }
     }
@@ -171,8 +198,19 @@ impl TrainConfig {
     /// clip 1.0, no dropout, evaluation every 250 steps on 20 batches.
     pub fn shakespeare_char() -> Self {
         Self {
-            model: ModelSettings { n_layers: 4, n_heads: 4, d_model: 128, block_size: 64, dropout: 0.0, bias: false, positional: PositionalEncoding::Learned },
-            data: DataConfig::Shakespeare { path: None, tokenizer: TokenizerChoice::Char },
+            model: ModelSettings {
+                n_layers: 4,
+                n_heads: 4,
+                d_model: 128,
+                block_size: 64,
+                dropout: 0.0,
+                bias: false,
+                positional: PositionalEncoding::Learned,
+            },
+            data: DataConfig::Shakespeare {
+                path: None,
+                tokenizer: TokenizerChoice::Char,
+            },
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
@@ -195,7 +233,10 @@ impl TrainConfig {
         match name {
             "recall" => Ok(Self::recall()),
             "shakespeare-char" | "shakespeare_char" => Ok(Self::shakespeare_char()),
-            other => Err(TrainError::Config(format!("unknown preset {other:?}; the presets are {}", PRESETS.join(", ")))),
+            other => Err(TrainError::Config(format!(
+                "unknown preset {other:?}; the presets are {}",
+                PRESETS.join(", ")
+            ))),
         }
     }
 
@@ -214,13 +255,22 @@ impl TrainConfig {
             return bad("grad_accum must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("the learning rate must be positive, got {}", self.lr));
+            return bad(format!(
+                "the learning rate must be positive, got {}",
+                self.lr
+            ));
         }
         if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!("min_lr must be in [0, lr = {}], got {}", self.lr, self.min_lr));
+            return bad(format!(
+                "min_lr must be in [0, lr = {}], got {}",
+                self.lr, self.min_lr
+            ));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad(format!("betas must be in [0, 1), got {} and {}", self.beta1, self.beta2));
+            return bad(format!(
+                "betas must be in [0, 1), got {} and {}",
+                self.beta1, self.beta2
+            ));
         }
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("weight_decay and grad_clip must not be negative".into());

@@ -34,7 +34,9 @@ pub enum TrainError {
         reason: String,
     },
     /// The loss stopped being a number.
-    #[error("the loss became {loss} at step {step}; training stopped and the last good checkpoint (step {last_good}) was kept. Try a lower --lr, or --grad-clip 1.0")]
+    #[error(
+        "the loss became {loss} at step {step}; training stopped and the last good checkpoint (step {last_good}) was kept. Try a lower --lr, or --grad-clip 1.0"
+    )]
     Diverged {
         /// The step.
         step: usize,

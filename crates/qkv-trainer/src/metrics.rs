@@ -54,7 +54,10 @@ impl MetricsLog {
                 .collect(),
             None => Vec::new(),
         };
-        let io = |source| TrainError::Io { path: path.clone(), source };
+        let io = |source| TrainError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = std::fs::File::create(&path).map_err(io)?;
         for line in kept {
             writeln!(file, "{line}").map_err(io)?;
@@ -65,15 +68,24 @@ impl MetricsLog {
     /// Appends one record.
     pub fn append(&mut self, record: &MetricsRecord) -> Result<(), TrainError> {
         let line = serde_json::to_string(record).expect("record serialises");
-        writeln!(self.file, "{line}").map_err(|source| TrainError::Io { path: self.path.clone(), source })
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
 /// Reads every record of a `metrics.jsonl`.
 pub fn read(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.into(),
+        source,
+    })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad line: {e}", path.display()))))
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Config(format!("{}: bad line: {e}", path.display())))
+        })
         .collect()
 }

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Gradients;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::Gradients;
 
 /// AdamW's hyper-parameters (PyTorch's names and meaning).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,7 +51,11 @@ impl NamedGrads {
                 }
             }
         }
-        let mut visitor = Collect { path: Vec::new(), grads, out: BTreeMap::new() };
+        let mut visitor = Collect {
+            path: Vec::new(),
+            grads,
+            out: BTreeMap::new(),
+        };
         model.visit(&mut visitor);
         Self(visitor.out)
     }
@@ -69,7 +73,11 @@ impl NamedGrads {
 
     /// The L2 norm of all gradients together (one device round trip).
     pub fn global_norm(&self) -> f64 {
-        let squares: Vec<Tensor<1>> = self.0.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+        let squares: Vec<Tensor<1>> = self
+            .0
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
         if squares.is_empty() {
             return 0.0;
         }
@@ -100,7 +108,11 @@ pub struct AdamW {
 impl AdamW {
     /// A fresh optimizer.
     pub fn new(settings: AdamWSettings) -> Self {
-        Self { settings, state: BTreeMap::new(), t: 0 }
+        Self {
+            settings,
+            state: BTreeMap::new(),
+            t: 0,
+        }
     }
 
     /// One update with learning rate `lr`, gradients multiplied by `grad_scale` first
@@ -139,13 +151,20 @@ impl AdamW {
                     return param;
                 };
                 let s = self.settings;
-                let g = if self.grad_scale == 1.0 { grad.clone() } else { grad.clone().mul_scalar(self.grad_scale) };
+                let g = if self.grad_scale == 1.0 {
+                    grad.clone()
+                } else {
+                    grad.clone().mul_scalar(self.grad_scale)
+                };
                 let (m, v) = match self.state.remove(&name) {
                     Some(Moments { m, v }) => (
                         m.mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1),
                         v.mul_scalar(s.beta2) + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2),
                     ),
-                    None => (g.clone().mul_scalar(1.0 - s.beta1), g.powi_scalar(2).mul_scalar(1.0 - s.beta2)),
+                    None => (
+                        g.clone().mul_scalar(1.0 - s.beta1),
+                        g.powi_scalar(2).mul_scalar(1.0 - s.beta2),
+                    ),
                 };
                 let decay = if D >= 2 { s.weight_decay } else { 0.0 };
                 let (lr, bias1, bias2_sqrt) = (self.lr, self.bias1, self.bias2_sqrt);
@@ -186,5 +205,9 @@ impl AdamW {
 /// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`; 1 when clipping
 /// is off (`max_norm <= 0`).
 pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
-    if max_norm <= 0.0 { 1.0 } else { (max_norm / (norm + 1e-6)).min(1.0) }
+    if max_norm <= 0.0 {
+        1.0
+    } else {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    }
 }

@@ -36,11 +36,20 @@ mod tests {
 
     #[test]
     fn warms_up_then_decays_to_the_floor() {
-        let s = WarmupCosine { lr: 1e-3, min_lr: 1e-4, warmup_iters: 100, decay_iters: 2000 };
+        let s = WarmupCosine {
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_iters: 100,
+            decay_iters: 2000,
+        };
         assert!((s.at(0) - 1e-3 / 101.0).abs() < 1e-15);
         assert!((s.at(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-15);
         assert!((s.at(100) - 1e-3).abs() < 1e-15);
-        assert!((s.at(1050) - 5.5e-4).abs() < 1e-12, "halfway: {}", s.at(1050));
+        assert!(
+            (s.at(1050) - 5.5e-4).abs() < 1e-12,
+            "halfway: {}",
+            s.at(1050)
+        );
         assert_eq!(s.at(2000), 1e-4);
         assert_eq!(s.at(5000), 1e-4);
         assert!((1..2000).all(|i| i <= 100 || s.at(i) <= s.at(i - 1)));

@@ -13,19 +13,23 @@ pub enum BatchSource {
     /// Generated recall examples.
     Recall(RecallTask),
     /// A tokenized text.
-    Text(TextDataset),
+    Text(Box<TextDataset>),
 }
 
 impl BatchSource {
     /// Opens the data a config names. `cache_dir` is where downloads are kept.
     pub fn open(config: &TrainConfig, cache_dir: &Path) -> Result<Self, TrainError> {
         let source = match &config.data {
-            DataConfig::Recall { .. } => BatchSource::Recall(config.data.recall().expect("recall config")),
+            DataConfig::Recall { .. } => {
+                BatchSource::Recall(config.data.recall().expect("recall config"))
+            }
             DataConfig::Shakespeare { path, tokenizer } => {
                 let file = qkv_data::tiny_shakespeare(path.as_deref(), cache_dir)?;
-                BatchSource::Text(text_dataset(&file, *tokenizer)?)
+                BatchSource::Text(Box::new(text_dataset(&file, *tokenizer)?))
             }
-            DataConfig::TextFile { path, tokenizer } => BatchSource::Text(text_dataset(path, *tokenizer)?),
+            DataConfig::TextFile { path, tokenizer } => {
+                BatchSource::Text(Box::new(text_dataset(path, *tokenizer)?))
+            }
         };
         if let BatchSource::Text(text) = &source {
             text.check_block_size(config.model.block_size)?;
@@ -42,7 +46,13 @@ impl BatchSource {
     }
 
     /// A batch of `batch` sequences, drawn with `below`.
-    pub fn batch(&self, split: Split, batch: usize, block_size: usize, below: &mut dyn FnMut(usize) -> usize) -> TokenBatch {
+    pub fn batch(
+        &self,
+        split: Split,
+        batch: usize,
+        block_size: usize,
+        below: &mut dyn FnMut(usize) -> usize,
+    ) -> TokenBatch {
         match self {
             BatchSource::Recall(task) => task.batch(split, batch, below),
             BatchSource::Text(text) => text.batch(split, batch, block_size, below),
@@ -55,7 +65,9 @@ fn text_dataset(path: &Path, choice: TokenizerChoice) -> Result<TextDataset, Tra
     let text = qkv_data::read_text(path)?;
     let tokenizer = match choice {
         TokenizerChoice::Char => Tokenizer::Char(qkv_data::CharTokenizer::from_text(&text)),
-        TokenizerChoice::Bpe { vocab_size } => Tokenizer::Bpe(qkv_data::BpeTokenizer::train(&text, vocab_size)?),
+        TokenizerChoice::Bpe { vocab_size } => {
+            Tokenizer::Bpe(Box::new(qkv_data::BpeTokenizer::train(&text, vocab_size)?))
+        }
     };
     Ok(TextDataset::from_text(&text, tokenizer)?)
 }

@@ -86,9 +86,18 @@ impl Trainer {
     /// A new run in `run_dir` (created; an existing checkpoint there is replaced), or, with
     /// `resume`, the continuation of the run saved there. `device` must support autodiff
     /// (`Device::flex().autodiff()` and the like).
-    pub fn new(config: TrainConfig, run_dir: &Path, cache_dir: &Path, device: &Device, resume: bool) -> Result<Self, TrainError> {
+    pub fn new(
+        config: TrainConfig,
+        run_dir: &Path,
+        cache_dir: &Path,
+        device: &Device,
+        resume: bool,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
-        std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io { path: run_dir.into(), source })?;
+        std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
+            path: run_dir.into(),
+            source,
+        })?;
         let source = BatchSource::open(&config, cache_dir)?;
         let tokenizer = source.tokenizer();
         let vocab_size = tokenizer.vocab_size();
@@ -113,25 +122,50 @@ impl Trainer {
             if saved.vocab_size != vocab_size {
                 return Err(TrainError::Checkpoint {
                     path,
-                    reason: format!("its vocabulary has {} tokens, this data's has {vocab_size}", saved.vocab_size),
+                    reason: format!(
+                        "its vocabulary has {} tokens, this data's has {vocab_size}",
+                        saved.vocab_size
+                    ),
                 });
             }
             let saved_tokenizer = qkv_data::Tokenizer::load(&run_dir.join("tokenizer.json"))?;
             if saved_tokenizer.to_json()? != tokenizer.to_json()? {
-                return Err(TrainError::Checkpoint { path, reason: "its tokenizer differs from this data's".into() });
+                return Err(TrainError::Checkpoint {
+                    path,
+                    reason: "its tokenizer differs from this data's".into(),
+                });
             }
-            let model = fresh.load_named(checkpoint.weights.clone(), &path.join("model.safetensors"))?;
-            let optimizer = checkpoint.optimizer(settings, &model, &device.clone().without_autodiff())?;
-            (model, optimizer, saved.step, SplitMix64 { state: saved.rng_state })
+            let model =
+                fresh.load_named(checkpoint.weights.clone(), &path.join("model.safetensors"))?;
+            let optimizer =
+                checkpoint.optimizer(settings, &model, &device.clone().without_autodiff())?;
+            (
+                model,
+                optimizer,
+                saved.step,
+                SplitMix64 {
+                    state: saved.rng_state,
+                },
+            )
         } else {
             (fresh, AdamW::new(settings), 0, SplitMix64::new(config.seed))
         };
         let config_json = serde_json::to_string_pretty(&config).expect("config serialises");
-        std::fs::write(run_dir.join("config.json"), config_json)
-            .map_err(|source| TrainError::Io { path: run_dir.join("config.json"), source })?;
+        std::fs::write(run_dir.join("config.json"), config_json).map_err(|source| {
+            TrainError::Io {
+                path: run_dir.join("config.json"),
+                source,
+            }
+        })?;
         tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        std::fs::write(run_dir.join("model_config.json"), serde_json::to_string_pretty(&gpt_config).expect("config"))
-            .map_err(|source| TrainError::Io { path: run_dir.join("model_config.json"), source })?;
+        std::fs::write(
+            run_dir.join("model_config.json"),
+            serde_json::to_string_pretty(&gpt_config).expect("config"),
+        )
+        .map_err(|source| TrainError::Io {
+            path: run_dir.join("model_config.json"),
+            source,
+        })?;
         Ok(Self {
             config,
             run_dir: run_dir.to_path_buf(),
@@ -147,12 +181,22 @@ impl Trainer {
 
     fn batch(&mut self, split: Split) -> TokenBatch {
         let rng = &mut self.rng;
-        self.source.batch(split, self.config.batch_size, self.config.model.block_size, &mut |n| rng.below(n))
+        self.source.batch(
+            split,
+            self.config.batch_size,
+            self.config.model.block_size,
+            &mut |n| rng.below(n),
+        )
     }
 
     /// Runs until `max_iters` (or `stop_at`, for tests), evaluating and checkpointing every
     /// `eval_interval` steps and at the end. Ctrl-C (`interrupt`) saves and returns.
-    pub fn run(&mut self, interrupt: &AtomicBool, stop_at: Option<usize>, mut on_event: impl FnMut(&Event)) -> Result<RunSummary, TrainError> {
+    pub fn run(
+        &mut self,
+        interrupt: &AtomicBool,
+        stop_at: Option<usize>,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<RunSummary, TrainError> {
         let mut log = MetricsLog::open(&self.run_dir, (self.step > 0).then_some(self.step))?;
         let schedule = WarmupCosine {
             lr: self.config.lr,
@@ -160,7 +204,9 @@ impl Trainer {
             warmup_iters: self.config.warmup_iters,
             decay_iters: self.config.lr_decay_iters,
         };
-        let end = stop_at.unwrap_or(self.config.max_iters).min(self.config.max_iters);
+        let end = stop_at
+            .unwrap_or(self.config.max_iters)
+            .min(self.config.max_iters);
         let started = Instant::now();
         let (mut steps_here, mut tokens_here) = (0usize, 0usize);
         let mut last_good = if self.step > 0 { self.step } else { 0 };
@@ -175,31 +221,45 @@ impl Trainer {
             let lr = schedule.at(self.step);
             // Dropout masks come from the device's generator; seeding it per step makes them
             // a function of the step, so a resumed run draws the same ones.
-            self.device.seed(self.config.seed.wrapping_add(self.step as u64));
+            self.device
+                .seed(self.config.seed.wrapping_add(self.step as u64));
             let mut grads = NamedGrads::default();
             let mut loss_sum = 0.0;
             for _ in 0..self.config.grad_accum {
                 let batch = self.batch(Split::Train);
                 let (x, y) = tensors(&batch, &self.device);
                 let loss = cross_entropy(self.model.forward(x), y, Some(IGNORE));
-                let loss = if self.config.grad_accum > 1 { loss.div_scalar(self.config.grad_accum as f64) } else { loss };
+                let loss = if self.config.grad_accum > 1 {
+                    loss.div_scalar(self.config.grad_accum as f64)
+                } else {
+                    loss
+                };
                 let g = loss.backward();
                 loss_sum += loss.into_scalar::<f32>() as f64;
                 grads.accumulate(NamedGrads::collect(&self.model, &g));
             }
             if !loss_sum.is_finite() {
-                return Err(TrainError::Diverged { step: self.step + 1, loss: loss_sum, last_good });
+                return Err(TrainError::Diverged {
+                    step: self.step + 1,
+                    loss: loss_sum,
+                    last_good,
+                });
             }
             let grad_norm = grads.global_norm();
             if !grad_norm.is_finite() {
-                return Err(TrainError::Diverged { step: self.step + 1, loss: grad_norm, last_good });
+                return Err(TrainError::Diverged {
+                    step: self.step + 1,
+                    loss: grad_norm,
+                    last_good,
+                });
             }
             let scale = clip_factor(grad_norm, self.config.grad_clip);
             let model = self.model.clone();
             self.model = self.optimizer.step(model, &grads, lr, scale);
             self.step += 1;
             let elapsed = t0.elapsed().as_secs_f64();
-            let tokens = self.config.batch_size * self.config.grad_accum * self.config.model.block_size;
+            let tokens =
+                self.config.batch_size * self.config.grad_accum * self.config.model.block_size;
             steps_here += 1;
             tokens_here += tokens;
             let mut record = MetricsRecord {
@@ -213,7 +273,7 @@ impl Trainer {
                 val_loss: None,
                 val_accuracy: None,
             };
-            if self.step % self.config.eval_interval == 0 || self.step == end {
+            if self.step.is_multiple_of(self.config.eval_interval) || self.step == end {
                 let (train_loss, _) = self.evaluate(Split::Train);
                 let (val_loss, val_accuracy) = self.evaluate(Split::Val);
                 record.train_loss = Some(train_loss);
@@ -221,7 +281,12 @@ impl Trainer {
                 record.val_accuracy = Some(val_accuracy);
                 final_eval = Some((train_loss, val_loss, val_accuracy));
                 on_event(&Event::Step(record.clone()));
-                on_event(&Event::Eval { step: self.step, train_loss, val_loss, val_accuracy });
+                on_event(&Event::Eval {
+                    step: self.step,
+                    train_loss,
+                    val_loss,
+                    val_accuracy,
+                });
                 log.append(&record)?;
                 self.save()?;
                 last_good = self.step;
@@ -234,14 +299,25 @@ impl Trainer {
         Ok(self.summary(final_eval, false, started, steps_here, tokens_here))
     }
 
-    fn summary(&self, final_eval: Option<(f64, f64, f64)>, interrupted: bool, started: Instant, steps: usize, tokens: usize) -> RunSummary {
+    fn summary(
+        &self,
+        final_eval: Option<(f64, f64, f64)>,
+        interrupted: bool,
+        started: Instant,
+        steps: usize,
+        tokens: usize,
+    ) -> RunSummary {
         let wall_s = started.elapsed().as_secs_f64();
         RunSummary {
             step: self.step,
             final_eval,
             interrupted,
             wall_s,
-            ms_per_iter: if steps > 0 { wall_s * 1e3 / steps as f64 } else { 0.0 },
+            ms_per_iter: if steps > 0 {
+                wall_s * 1e3 / steps as f64
+            } else {
+                0.0
+            },
             tokens_per_s: tokens as f64 / wall_s.max(1e-9),
         }
     }
@@ -255,7 +331,12 @@ impl Trainer {
         let mut rng = SplitMix64::new(self.config.seed ^ 0x5eed_0e7a1 ^ (self.step as u64) << 20);
         let (mut loss, mut correct, mut counted) = (0.0, 0usize, 0usize);
         for _ in 0..self.config.eval_iters {
-            let batch = self.source.batch(split, self.config.batch_size, self.config.model.block_size, &mut |n| rng.below(n));
+            let batch = self.source.batch(
+                split,
+                self.config.batch_size,
+                self.config.model.block_size,
+                &mut |n| rng.below(n),
+            );
             let (x, y) = tensors(&batch, &device);
             let logits = model.forward(x);
             let predicted: Vec<i64> = logits
@@ -273,7 +354,10 @@ impl Trainer {
             }
             loss += cross_entropy(logits, y, Some(IGNORE)).into_scalar::<f32>() as f64;
         }
-        (loss / self.config.eval_iters as f64, correct as f64 / counted.max(1) as f64)
+        (
+            loss / self.config.eval_iters as f64,
+            correct as f64 / counted.max(1) as f64,
+        )
     }
 
     /// Writes the checkpoint for the current step.
@@ -292,7 +376,12 @@ impl Trainer {
 
 /// The AdamW settings of a config.
 pub fn adamw_settings(config: &TrainConfig) -> AdamWSettings {
-    AdamWSettings { beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay }
+    AdamWSettings {
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: 1e-8,
+        weight_decay: config.weight_decay,
+    }
 }
 
 /// A batch as `[batch, seq]` input and target tensors.

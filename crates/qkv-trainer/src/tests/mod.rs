@@ -10,7 +10,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::{DataConfig, ModelSettings, TrainConfig};
 
-
 /// A fresh directory for one test.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qkv-trainer-{name}-{}", std::process::id()));
@@ -22,14 +21,26 @@ pub(crate) fn temp_dir(name: &str) -> PathBuf {
 /// A tiny recall run: 1 layer, 16 wide, batches of 8.
 pub(crate) fn tiny_recall(max_iters: usize, dropout: f64) -> TrainConfig {
     let mut config = TrainConfig::recall();
-    config.model = ModelSettings { n_layers: 1, n_heads: 2, d_model: 16, block_size: 29, dropout, bias: true, positional: qkv_transformer::PositionalEncoding::Learned };
+    config.model = ModelSettings {
+        n_layers: 1,
+        n_heads: 2,
+        d_model: 16,
+        block_size: 23,
+        dropout,
+        bias: true,
+        positional: qkv_transformer::PositionalEncoding::Learned,
+    };
     config.batch_size = 8;
     config.max_iters = max_iters;
     config.lr_decay_iters = max_iters;
     config.warmup_iters = 2;
     config.eval_interval = 4;
     config.eval_iters = 2;
-    config.data = DataConfig::Recall { n_pairs: 6, n_keys: 16, n_values: 10 };
+    config.data = DataConfig::Recall {
+        n_pairs: 6,
+        n_keys: 16,
+        n_values: 10,
+    };
     config
 }
 

@@ -16,10 +16,16 @@ fn fixtures() -> PathBuf {
 
 test_on_cpu_backends!(five_adamw_steps_match_pytorch, |device: &Device| {
     let ad = device.clone().autodiff();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("gpt2-tiny-reference.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("gpt2-tiny-reference.json")).unwrap(),
+    )
+    .unwrap();
     let ints = |v: &serde_json::Value| -> Vec<i64> {
-        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|t| t.as_i64().unwrap())).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|t| t.as_i64().unwrap()))
+            .collect()
     };
     let x = Tensor::<2, Int>::from_data(TensorData::new(ints(&json["input_ids"]), [3, 16]), &ad);
     let y = Tensor::<2, Int>::from_data(TensorData::new(ints(&json["targets"]), [3, 16]), &ad);
@@ -31,7 +37,12 @@ test_on_cpu_backends!(five_adamw_steps_match_pytorch, |device: &Device| {
         weight_decay: adamw["weight_decay"].as_f64().unwrap(),
     };
     let lr = adamw["lr"].as_f64().unwrap();
-    let want: Vec<f64> = adamw["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> = adamw["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
 
     let (mut model, _) = load_hf_gpt2(&fixtures().join("gpt2-tiny"), &ad).unwrap();
     let mut optimizer = AdamW::new(settings);
@@ -39,7 +50,10 @@ test_on_cpu_backends!(five_adamw_steps_match_pytorch, |device: &Device| {
         let loss = cross_entropy(model.forward(x.clone()), y.clone(), Some(-100));
         let grads = loss.backward();
         let got = loss.into_scalar::<f32>() as f64;
-        assert!((got - want).abs() < 1e-3, "step {step}: loss {got} vs PyTorch {want}");
+        assert!(
+            (got - want).abs() < 1e-3,
+            "step {step}: loss {got} vs PyTorch {want}"
+        );
         let named = NamedGrads::collect(&model, &grads);
         model = optimizer.step(model, &named, lr, 1.0);
     }
@@ -51,8 +65,12 @@ test_on_cpu_backends!(five_adamw_steps_match_pytorch, |device: &Device| {
 fn clipping_uses_the_global_norm() {
     let device = qkv_test_support::flex();
     let mut grads = NamedGrads::default();
-    grads.0.insert("a".into(), Tensor::from_data([3.0, 0.0], &device));
-    grads.0.insert("b".into(), Tensor::from_data([4.0], &device));
+    grads
+        .0
+        .insert("a".into(), Tensor::from_data([3.0, 0.0], &device));
+    grads
+        .0
+        .insert("b".into(), Tensor::from_data([4.0], &device));
     assert!((grads.global_norm() - 5.0).abs() < 1e-6);
     assert!((clip_factor(5.0, 1.0) - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
     assert_eq!(clip_factor(0.5, 1.0), 1.0);

@@ -14,7 +14,11 @@ fn device() -> Device {
 }
 
 fn losses(dir: &std::path::Path) -> Vec<(usize, u64)> {
-    metrics::read(&dir.join("metrics.jsonl")).unwrap().iter().map(|r| (r.step, r.loss.to_bits())).collect()
+    metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.loss.to_bits()))
+        .collect()
 }
 
 #[test]
@@ -26,7 +30,10 @@ fn resume_continues_exactly() {
         let stop = AtomicBool::new(false);
 
         let straight = temp_dir(&format!("straight-{dropout}"));
-        Trainer::new(config.clone(), &straight, &cache, &device(), false).unwrap().run(&stop, None, |_| {}).unwrap();
+        Trainer::new(config.clone(), &straight, &cache, &device(), false)
+            .unwrap()
+            .run(&stop, None, |_| {})
+            .unwrap();
 
         let halves = temp_dir(&format!("halves-{dropout}"));
         let summary = Trainer::new(config.clone(), &halves, &cache, &device(), false)
@@ -40,7 +47,10 @@ fn resume_continues_exactly() {
 
         let (a, b) = (losses(&straight), losses(&halves));
         assert_eq!(a.len(), 12);
-        assert_eq!(a, b, "dropout {dropout}: steps 7..12 after resuming equal the uninterrupted run, bit for bit");
+        assert_eq!(
+            a, b,
+            "dropout {dropout}: steps 7..12 after resuming equal the uninterrupted run, bit for bit"
+        );
     }
 }
 
@@ -53,8 +63,19 @@ fn tiny_model_overfits_tiny_corpus() {
     // loss to zero at every position of a window.
     std::fs::write(&corpus, "qkv07 ZEBRA-jumps!".repeat(12)).unwrap();
     let mut config = tiny_recall(150, 0.0);
-    config.data = DataConfig::TextFile { path: corpus, tokenizer: crate::TokenizerChoice::Char };
-    config.model = ModelSettings { n_layers: 1, n_heads: 2, d_model: 32, block_size: 8, dropout: 0.0, bias: true, positional: qkv_transformer::PositionalEncoding::Learned };
+    config.data = DataConfig::TextFile {
+        path: corpus,
+        tokenizer: crate::TokenizerChoice::Char,
+    };
+    config.model = ModelSettings {
+        n_layers: 1,
+        n_heads: 2,
+        d_model: 32,
+        block_size: 8,
+        dropout: 0.0,
+        bias: true,
+        positional: qkv_transformer::PositionalEncoding::Learned,
+    };
     config.lr = 1e-2;
     config.min_lr = 1e-2;
     config.weight_decay = 0.0;
@@ -65,7 +86,11 @@ fn tiny_model_overfits_tiny_corpus() {
     let first = records[0].loss;
     let last = records.last().unwrap();
     assert!(first > 2.0, "starts near log(vocab): {first}");
-    assert!(last.train_loss.unwrap() < 0.1, "memorised: final train loss {:?}", last.train_loss);
+    assert!(
+        last.train_loss.unwrap() < 0.1,
+        "memorised: final train loss {:?}",
+        last.train_loss
+    );
 }
 
 #[test]
@@ -85,7 +110,10 @@ fn crash_while_checkpointing_keeps_the_previous_one() {
     assert!(err.to_string().contains("simulated crash"), "{err}");
     let checkpoint = Checkpoint::load(&dir).unwrap();
     assert_eq!(checkpoint.state.step, 4);
-    assert_eq!(std::fs::read(dir.join("checkpoint/model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("checkpoint/model.safetensors")).unwrap(),
+        before
+    );
     let resumed = Trainer::new(config.clone(), &dir, &cache, &device(), true).unwrap();
     assert_eq!(resumed.step, 4);
 
@@ -104,10 +132,25 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     trainer.run(&stop, Some(4), |_| {}).unwrap();
     // Poison one weight, as an exploding update would.
     let w = &mut trainer.model.blocks[0].mlp.fc.weight;
-    *w = w.clone().map(|t| t.inner().mul_scalar(f32::NAN).autodiff().require_grad());
+    *w = w
+        .clone()
+        .map(|t| t.inner().mul_scalar(f32::NAN).autodiff().require_grad());
     let err = trainer.run(&stop, None, |_| {}).unwrap_err();
-    assert!(matches!(err, TrainError::Diverged { step: 5, last_good: 4, .. }), "{err}");
-    assert!(err.to_string().contains("last good checkpoint (step 4)"), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::Diverged {
+                step: 5,
+                last_good: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("last good checkpoint (step 4)"),
+        "{err}"
+    );
     assert_eq!(Checkpoint::load(&dir).unwrap().state.step, 4);
 }
 
