@@ -3,10 +3,12 @@
 //! * `train`: train a model (the default: associative recall, offline, a few minutes on 2
 //!   cores; `--preset shakespeare-char` for nanoGPT's character-level Shakespeare).
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
+//! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
 //!
 //! This binary is the only non-test code that names concrete Burn backends (see
 //! [`backend`]).
 
+mod attention;
 mod backend;
 mod sample;
 mod train;
@@ -28,6 +30,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Generate tokens from a trained model or a Hugging Face GPT-2 directory.
     Sample(sample::SampleArgs),
+    /// Show what each attention head looks at, or ablate heads one at a time.
+    Attention(attention::AttentionArgs),
 }
 
 fn main() {
@@ -35,6 +39,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
+        Command::Attention(args) => attention::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

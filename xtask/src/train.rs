@@ -231,6 +231,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     let records = metrics::read(&out.join("metrics.jsonl"))?;
     qkv_trainer::plot::loss_curve(&records, &format!("qkv {name}"), &out.join("loss.png"))?;
+    qkv_trainer::plot::attention_curves(&records, &out.join("attention_stats.png"))?;
     println!(
         "{} steps in {:.1} s: {:.1} ms/iteration, {:.0} tokens/s",
         summary.step, summary.wall_s, summary.ms_per_iter, summary.tokens_per_s

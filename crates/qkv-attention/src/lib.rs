@@ -39,7 +39,7 @@ mod mha;
 pub use cache::KvCache;
 pub use config::MultiHeadAttentionConfig;
 pub use error::AttentionError;
-pub use mha::{MhaInput, MhaOutput, MultiHeadAttention};
+pub use mha::{AttentionInspection, MhaInput, MhaOutput, MultiHeadAttention};
 
 #[cfg(test)]
 mod tests;

@@ -111,7 +111,81 @@ pub struct MhaOutput {
     pub probs: Option<Tensor<4>>,
 }
 
+/// Everything one attention layer computed, for inspection: see
+/// [`MultiHeadAttention::inspect`].
+#[derive(Debug, Clone)]
+pub struct AttentionInspection {
+    /// Queries after projection (and rotation), `[batch, n_heads, seq_q, d_head]`.
+    pub q: Tensor<4>,
+    /// Keys after projection (and rotation), `[batch, n_heads, seq_k, d_head]`.
+    pub k: Tensor<4>,
+    /// Values after projection, `[batch, n_heads, seq_k, d_head]`.
+    pub v: Tensor<4>,
+    /// Scaled scores `Q·Kᵀ/√d_head` before any mask, `[batch, n_heads, seq_q, seq_k]`.
+    pub scores: Tensor<4>,
+    /// The probabilities after masking and softmax, `[batch, n_heads, seq_q, seq_k]`.
+    pub probs: Tensor<4>,
+    /// The layer's output, `[batch, seq_q, d_model]`.
+    pub context: Tensor<3>,
+}
+
 impl MultiHeadAttention {
+    /// Runs the layer on the explicit path and returns every intermediate: Q, K, V, the raw
+    /// scores, the probabilities and the output. For looking at what a layer does; the
+    /// output equals [`forward`](Self::forward)'s.
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward); see [`AttentionInspection`] for the parts.
+    pub fn inspect(&self, input: MhaInput) -> Result<AttentionInspection, AttentionError> {
+        let MhaInput {
+            query,
+            source,
+            causal,
+            key_padding,
+            ..
+        } = input;
+        let [batch, seq_q, width] = query.dims();
+        self.check_width("query", width)?;
+        if seq_q == 0 {
+            return Err(AttentionError::EmptySequence { input: "query" });
+        }
+        let cross = source.is_some();
+        let kv_input = source.unwrap_or_else(|| query.clone());
+        let [source_batch, _, source_width] = kv_input.dims();
+        self.check_width("source", source_width)?;
+        if source_batch != batch {
+            return Err(AttentionError::ShapeMismatch {
+                what: "query and source have different batch sizes",
+                detail: format!("query {:?}, source {:?}", query.dims(), kv_input.dims()),
+            });
+        }
+        let q = self.rotate(self.split_heads(project(&self.query, query)), 0);
+        let k = self.split_heads(project(&self.key, kv_input.clone()));
+        let k = if cross { k } else { self.rotate(k, 0) };
+        let v = self.split_heads(project(&self.value, kv_input));
+        let seq_k = k.dims()[2];
+        let scores = q
+            .clone()
+            .matmul(k.clone().transpose())
+            .div_scalar((self.d_head() as f64).sqrt());
+        let mask = attention_mask(seq_q, seq_k, false, key_padding, &q.device());
+        let probs = qkv_tensor_ops::attention_probs(q.clone(), k.clone(), mask, causal, None);
+        let merged =
+            probs
+                .clone()
+                .matmul(v.clone())
+                .swap_dims(1, 2)
+                .reshape([batch, seq_q, self.d_model]);
+        Ok(AttentionInspection {
+            q,
+            k,
+            v,
+            scores,
+            probs,
+            context: project(&self.output, merged),
+        })
+    }
+
     /// Width of one head, `d_model / n_heads`.
     pub fn d_head(&self) -> usize {
         self.d_model / self.n_heads

@@ -52,6 +52,15 @@ impl Canvas {
         Rgb(self.pixels[at], self.pixels[at + 1], self.pixels[at + 2])
     }
 
+    /// Copies `other` onto this canvas with its top-left corner at `(x, y)`.
+    pub fn paste(&mut self, other: &Canvas, x: usize, y: usize) {
+        for yy in 0..other.height {
+            for xx in 0..other.width {
+                self.set((x + xx) as i64, (y + yy) as i64, other.get(xx, yy));
+            }
+        }
+    }
+
     /// Fills a rectangle.
     pub fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, color: Rgb) {
         for yy in y..y + h {

@@ -19,6 +19,7 @@
 //!   probabilities (so they can be returned, or dropped out); [`AttentionPath::Fused`] calls
 //!   Burn's `module::attention`, which a backend may run as one kernel.
 //! * [`rotary`] rotates queries and keys by their absolute position (RoPE).
+//! * [`stats`] summarises attention probabilities per head (entropy, distance, peak, sink).
 //! * [`reference`](mod@reference) holds deliberately slow, loop-by-loop versions of all of the above. They
 //!   exist only to be obviously right, and every fast path is tested against them.
 //!
@@ -30,6 +31,7 @@ pub mod reference;
 pub mod rotary;
 pub mod sdpa;
 pub mod softmax;
+pub mod stats;
 
 pub use mask::{causal_mask, padding_mask, padding_mask_from_lengths};
 pub use rotary::{apply_rotary, rotary_tables};
@@ -37,3 +39,4 @@ pub use sdpa::{
     AttentionPath, SdpaOptions, SdpaOutput, attention_probs, scaled_dot_product_attention,
 };
 pub use softmax::masked_softmax;
+pub use stats::{HeadStats, attention_stats};

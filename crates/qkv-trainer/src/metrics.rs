@@ -31,6 +31,27 @@ pub struct MetricsRecord {
     /// At evaluation steps: fraction of validation targets predicted exactly (argmax).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_accuracy: Option<f64>,
+    /// At evaluation steps: attention statistics of every layer and head on a validation
+    /// batch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attention: Option<Vec<HeadRecord>>,
+}
+
+/// Attention statistics of one head at one evaluation (see `qkv_tensor_ops::HeadStats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    /// Layer index.
+    pub layer: usize,
+    /// Head index.
+    pub head: usize,
+    /// Mean entropy of the head's distributions, in nats.
+    pub entropy: f64,
+    /// Mean number of positions it looks back.
+    pub mean_distance: f64,
+    /// Mean largest probability.
+    pub max_prob: f64,
+    /// Mean probability on the first token.
+    pub first_token_mass: f64,
 }
 
 /// Appends records to `metrics.jsonl`.

@@ -43,3 +43,68 @@ pub fn loss_curve(records: &[MetricsRecord], title: &str, path: &Path) -> Result
         source,
     })
 }
+
+/// Draws each head's attention entropy and mean look-back distance over the run's
+/// evaluations, to `path` (two panels stacked: entropy above, distance below).
+pub fn attention_curves(records: &[MetricsRecord], path: &Path) -> Result<(), TrainError> {
+    let palette = [
+        Rgb(31, 119, 180),
+        Rgb(255, 127, 14),
+        Rgb(44, 160, 44),
+        Rgb(214, 39, 40),
+        Rgb(148, 103, 189),
+        Rgb(140, 86, 75),
+        Rgb(227, 119, 194),
+        Rgb(127, 127, 127),
+        Rgb(188, 189, 34),
+        Rgb(23, 190, 207),
+    ];
+    let mut heads: Vec<(usize, usize)> = records
+        .iter()
+        .flat_map(|r| r.attention.iter().flatten().map(|h| (h.layer, h.head)))
+        .collect();
+    heads.sort_unstable();
+    heads.dedup();
+    let series = |pick: fn(&crate::metrics::HeadRecord) -> f64| -> Vec<Series> {
+        heads
+            .iter()
+            .enumerate()
+            .map(|(i, &(layer, head))| Series {
+                name: format!("L{layer} H{head}"),
+                color: palette[i % palette.len()],
+                points: records
+                    .iter()
+                    .filter_map(|r| {
+                        let h = r
+                            .attention
+                            .as_ref()?
+                            .iter()
+                            .find(|h| h.layer == layer && h.head == head)?;
+                        Some((r.step as f64, pick(h)))
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let top = LinePlot {
+        title: "attention entropy per head".into(),
+        x_label: "step".into(),
+        y_label: "entropy (nats)".into(),
+        series: series(|h| h.entropy),
+    }
+    .render();
+    let bottom = LinePlot {
+        title: "mean look-back distance per head".into(),
+        x_label: "step".into(),
+        y_label: "positions".into(),
+        series: series(|h| h.mean_distance),
+    }
+    .render();
+    let mut canvas = qkv_plot::Canvas::new(top.width, top.height + bottom.height);
+    canvas.paste(&top, 0, 0);
+    canvas.paste(&bottom, 0, top.height);
+    canvas.save(path).map_err(|source| TrainError::Io {
+        path: path.into(),
+        source,
+    })
+}

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use qkv_data::{IGNORE, Split, TokenBatch};
+use qkv_tensor_ops::attention_stats;
 use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
 
 use crate::checkpoint::{self, Checkpoint, RunState};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::metrics::{MetricsLog, MetricsRecord};
+use crate::metrics::{HeadRecord, MetricsLog, MetricsRecord};
 use crate::optim::{AdamW, AdamWSettings, NamedGrads, clip_factor};
 use crate::schedule::WarmupCosine;
 use crate::source::BatchSource;
@@ -272,6 +273,7 @@ impl Trainer {
                 train_loss: None,
                 val_loss: None,
                 val_accuracy: None,
+                attention: None,
             };
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == end {
                 let (train_loss, _) = self.evaluate(Split::Train);
@@ -279,6 +281,7 @@ impl Trainer {
                 record.train_loss = Some(train_loss);
                 record.val_loss = Some(val_loss);
                 record.val_accuracy = Some(val_accuracy);
+                record.attention = Some(self.attention_stats()?);
                 final_eval = Some((train_loss, val_loss, val_accuracy));
                 on_event(&Event::Step(record.clone()));
                 on_event(&Event::Eval {
@@ -358,6 +361,35 @@ impl Trainer {
             loss / self.config.eval_iters as f64,
             correct as f64 / counted.max(1) as f64,
         )
+    }
+
+    /// Per-layer, per-head attention statistics on one validation batch.
+    pub fn attention_stats(&self) -> Result<Vec<HeadRecord>, TrainError> {
+        let model = self.model.valid();
+        let device = self.device.clone().without_autodiff();
+        let mut rng = SplitMix64::new(self.config.seed ^ 0xa77e_4710);
+        let batch = self.source.batch(
+            Split::Val,
+            self.config.batch_size,
+            self.config.model.block_size,
+            &mut |n| rng.below(n),
+        );
+        let (x, _) = tensors(&batch, &device);
+        let recorded = model.forward_detailed(x, None, true)?;
+        let mut out = Vec::new();
+        for (layer, probs) in recorded.attention.into_iter().enumerate() {
+            for (head, s) in attention_stats(probs).into_iter().enumerate() {
+                out.push(HeadRecord {
+                    layer,
+                    head,
+                    entropy: s.entropy,
+                    mean_distance: s.mean_distance,
+                    max_prob: s.max_prob,
+                    first_token_mass: s.first_token_mass,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Writes the checkpoint for the current step.

@@ -9,7 +9,7 @@ use burn::nn::{
     LinearConfig,
 };
 use burn::prelude::*;
-use qkv_attention::{KvCache, MultiHeadAttentionConfig};
+use qkv_attention::{AttentionInspection, KvCache, MhaInput, MultiHeadAttentionConfig};
 
 use crate::block::Block;
 use crate::config::{GptConfig, PositionalEncoding};
@@ -165,6 +165,85 @@ impl Gpt {
         }
     }
 
+    /// Token plus position embeddings for positions `start..start + seq`, with embedding
+    /// dropout.
+    ///
+    /// # Shapes
+    /// `tokens`: `[batch, seq]` -> `[batch, seq, d_model]`
+    fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let seq = tokens.dims()[1];
+        let device = tokens.device();
+        let mut x = self.token_embedding.forward(tokens);
+        let d_model = x.dims()[2];
+        if let Some(wpe) = &self.position_embedding {
+            let positions = Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, &device)
+                .reshape([1, seq]);
+            x = x + wpe.forward(positions);
+        } else if self.sinusoidal {
+            x = x + sinusoidal_table(start, seq, d_model, &device).unsqueeze::<3>();
+        }
+        self.embedding_dropout.forward(x)
+    }
+
+    /// Everything layer `layer`'s attention computes on `tokens`: Q, K, V, raw scores,
+    /// probabilities (see [`AttentionInspection`]).
+    ///
+    /// # Shapes
+    /// `tokens`: `[batch, seq]`; the parts are `[batch, n_heads, seq, …]`.
+    pub fn inspect_layer(
+        &self,
+        tokens: Tensor<2, Int>,
+        layer: usize,
+    ) -> Result<AttentionInspection, ModelError> {
+        let [_, seq] = tokens.dims();
+        if layer >= self.n_layers() {
+            return Err(ModelError::InvalidInput(format!(
+                "layer {layer} does not exist; this model has layers 0..{}",
+                self.n_layers()
+            )));
+        }
+        if seq > self.block_size {
+            return Err(ModelError::TooLong {
+                len: seq,
+                block_size: self.block_size,
+            });
+        }
+        let mut x = self.embed(tokens, 0);
+        for block in &self.blocks[..layer] {
+            x = block.forward(x, None, false)?.0;
+        }
+        let block = &self.blocks[layer];
+        Ok(block
+            .attn
+            .inspect(MhaInput::self_attn(block.ln_1.forward(x)).causal())?)
+    }
+
+    /// The model with one attention head switched off: the rows of layer `layer`'s output
+    /// projection that read head `head`'s context are zeroed, so the head contributes
+    /// nothing (the output bias stays). For ablation studies.
+    pub fn ablate_head(mut self, layer: usize, head: usize) -> Result<Self, ModelError> {
+        let n_layers = self.n_layers();
+        let block = self.blocks.get_mut(layer).ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "layer {layer} does not exist; this model has layers 0..{n_layers}"
+            ))
+        })?;
+        let n_heads = block.attn.n_heads;
+        if head >= n_heads {
+            return Err(ModelError::InvalidInput(format!(
+                "head {head} does not exist; layers have heads 0..{n_heads}"
+            )));
+        }
+        let d_head = block.attn.d_head();
+        let weight = &mut block.attn.output.weight;
+        *weight = weight.clone().map(|w| {
+            let [_, d_out] = w.dims();
+            let zeros = Tensor::<2>::zeros([d_head, d_out], &w.device());
+            w.slice_assign(s![head * d_head..(head + 1) * d_head, ..], zeros)
+        });
+        Ok(self)
+    }
+
     /// Number of transformer blocks.
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
@@ -217,19 +296,8 @@ impl Gpt {
                 block_size: self.block_size,
             });
         }
-        let device = tokens.device();
-        // [batch, seq, d_model]
-        let mut x = self.token_embedding.forward(tokens);
+        let mut x = self.embed(tokens, start);
         let d_model = x.dims()[2];
-        if let Some(wpe) = &self.position_embedding {
-            let positions = Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, &device)
-                .reshape([1, seq]);
-            x = x + wpe.forward(positions);
-        } else if self.sinusoidal {
-            x = x + sinusoidal_table(start, seq, d_model, &device).unsqueeze::<3>();
-        }
-        x = self.embedding_dropout.forward(x);
-
         let mut attention = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[layer]);

@@ -222,3 +222,42 @@ test_on_cpu_backends!(dropout_only_in_training, |device: &Device| {
     let sums = values(out.probs.unwrap().sum_dim(3));
     assert_close(&sums, &vec![1.0; sums.len()], 1e-6, "pre-dropout probs");
 });
+
+test_on_cpu_backends!(
+    inspection_matches_forward_and_its_parts,
+    |device: &Device| {
+        let mha = seeded_layer(
+            &MultiHeadAttentionConfig::new(20, 5).with_rotary_base(Some(100.0)),
+            13,
+            device,
+        );
+        let mut rng = SeededRng::new(14);
+        let x = random_tensor(&mut rng, [2, 7, 20], 1.0, device);
+        let seen = mha
+            .inspect(MhaInput::self_attn(x.clone()).causal())
+            .unwrap();
+        let out = mha.forward(MhaInput::self_attn(x).causal().return_probs());
+        assert_close(
+            &values(seen.context),
+            &values(out.context),
+            1e-5,
+            "inspect vs forward",
+        );
+        assert_close(
+            &values(seen.probs.clone()),
+            &values(out.probs.unwrap()),
+            1e-6,
+            "probs",
+        );
+        // The probabilities are the masked softmax of the scores it reports.
+        let mask = qkv_tensor_ops::causal_mask(7, 7, device).reshape([1, 1, 7, 7]);
+        let again = qkv_tensor_ops::masked_softmax(seen.scores, Some(mask));
+        assert_close(
+            &values(again),
+            &values(seen.probs),
+            1e-6,
+            "softmax of scores",
+        );
+        assert_eq!(seen.q.dims(), [2, 5, 7, 4]);
+    }
+);

@@ -3,6 +3,7 @@
 
 mod errors;
 mod optim_parity;
+mod recall_heads;
 mod runs;
 
 use std::path::PathBuf;

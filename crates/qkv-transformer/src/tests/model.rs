@@ -120,3 +120,44 @@ test_on_cpu_backends!(tanh_gelu_is_gelu_new, |device: &Device| {
         .collect();
     assert_close(&got, &want, 1e-6, "gelu_new");
 });
+
+test_on_cpu_backends!(
+    ablating_a_head_removes_exactly_its_contribution,
+    |device: &Device| {
+        device.seed(9);
+        let model = GptConfig::new(17, 8, 2, 4, 16).init(device);
+        let tokens = Tensor::<2, Int>::from_data([[1, 5, 7, 2, 9]], device);
+        let ablated = model.clone().ablate_head(1, 2).unwrap();
+        // Only rows 8..12 of layer 1's output projection change, to zero.
+        let before = values(model.blocks[1].attn.output.weight.val());
+        let after = values(ablated.blocks[1].attn.output.weight.val());
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            if (8..12).contains(&(i / 16)) {
+                assert_eq!(*a, 0.0)
+            } else {
+                assert_eq!(a, b)
+            }
+        }
+        // The head's own context times those rows is what disappears from the attention output.
+        let seen = model.inspect_layer(tokens.clone(), 1).unwrap();
+        let head_ctx = seen
+            .probs
+            .slice(s![.., 2..3, .., ..])
+            .matmul(seen.v.slice(s![.., 2..3, .., ..])); // [1,1,5,4]
+        let rows = model.blocks[1]
+            .attn
+            .output
+            .weight
+            .val()
+            .slice(s![8..12, ..]);
+        let contribution = values(head_ctx.reshape([5, 4]).matmul(rows));
+        let kept = ablated.inspect_layer(tokens, 1).unwrap();
+        let diff: Vec<f32> = values(seen.context)
+            .iter()
+            .zip(values(kept.context))
+            .map(|(a, b)| a - b)
+            .collect();
+        assert_close(&diff, &contribution, 1e-5, "removed contribution");
+        assert!(model.clone().ablate_head(2, 0).is_err() && model.ablate_head(0, 4).is_err());
+    }
+);

@@ -1,0 +1,292 @@
+//! `cargo xtask attention`: see what every head attends to (PNG heatmaps, an HTML page, a
+//! JSON dump, and Q/K/V/scores for one head), or measure each head's worth by ablation.
+
+mod html;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::Args;
+use qkv_data::{Split, Tokenizer};
+use qkv_plot::Heatmap;
+use qkv_trainer::{BatchSource, TrainConfig};
+use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
+
+use crate::backend::Backend;
+use crate::sample::load_model;
+
+/// Options of `cargo xtask attention`.
+#[derive(Debug, Args)]
+pub struct AttentionArgs {
+    /// A run directory or a Hugging Face GPT-2 directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text whose attention to show (at most the model's block size in tokens).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The prompt as token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    prompt_ids: Option<Vec<u32>>,
+    /// Show only this layer.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Show only this head; with `--layer`, also dump its Q, K, V and scores.
+    #[arg(long)]
+    head: Option<usize>,
+    /// Where to write `attention.png`, `attention.html`, `attention.json` (default
+    /// `<checkpoint>/attention`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Instead: zero one head at a time and print the change in validation loss.
+    #[arg(long)]
+    ablate: bool,
+    /// Batches of validation data per ablation measurement.
+    #[arg(long, default_value_t = 20)]
+    ablate_batches: usize,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "flex")]
+    backend: Backend,
+}
+
+/// Runs `cargo xtask attention`.
+pub fn run(args: AttentionArgs) -> Result<()> {
+    let device = args.backend.device();
+    let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
+    if args.ablate {
+        return ablate(&args, &model, &device);
+    }
+    let ids: Vec<u32> = match (&args.prompt_ids, &args.prompt, &tokenizer) {
+        (Some(ids), _, _) => ids.clone(),
+        (None, Some(text), Some(tok)) => tok.encode(text)?,
+        (None, Some(_), None) => bail!("this checkpoint has no tokenizer.json: give --prompt-ids"),
+        (None, None, _) => bail!("give a --prompt (or --prompt-ids)"),
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if ids.len() > model.block_size {
+        bail!(
+            "the prompt has {} tokens; this model sees at most {} (its block size)",
+            ids.len(),
+            model.block_size
+        );
+    }
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
+        bail!(
+            "token id {bad} is outside the vocabulary (vocab_size {})",
+            model.vocab_size
+        );
+    }
+    let labels: Vec<String> = ids
+        .iter()
+        .map(|&id| token_label(tokenizer.as_ref(), id))
+        .collect();
+    let seq = ids.len();
+    let x = Tensor::<2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]),
+        &device,
+    );
+    let recorded = model.forward_detailed(x.clone(), None, true)?;
+    let n_heads = recorded.attention[0].dims()[1];
+    if let Some(layer) = args.layer
+        && layer >= model.n_layers()
+    {
+        bail!(
+            "--layer {layer}: this model has layers 0..{}",
+            model.n_layers()
+        );
+    }
+    if let Some(head) = args.head
+        && head >= n_heads
+    {
+        bail!("--head {head}: this model has heads 0..{n_heads}");
+    }
+    // probs[layer][head] = seq × seq
+    let probs: Vec<Vec<Vec<f32>>> = recorded
+        .attention
+        .iter()
+        .map(|p| {
+            let flat: Vec<f32> = p
+                .clone()
+                .into_data()
+                .try_into_vec_as()
+                .expect("float probs");
+            flat.chunks(seq * seq).map(|c| c.to_vec()).collect()
+        })
+        .collect();
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.checkpoint.join("attention"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let keep =
+        |l: usize, h: usize| args.layer.is_none_or(|x| x == l) && args.head.is_none_or(|x| x == h);
+    let panels: Vec<(String, Vec<f32>)> = probs
+        .iter()
+        .enumerate()
+        .flat_map(|(l, heads)| heads.iter().enumerate().map(move |(h, p)| (l, h, p)))
+        .filter(|&(l, h, _)| keep(l, h))
+        .map(|(l, h, p)| (format!("layer {l} head {h}"), p.clone()))
+        .collect();
+    let columns = if args.head.is_some() { 1 } else { n_heads };
+    let cell = (640 / seq).clamp(8, 28);
+    let heatmap = Heatmap {
+        title: format!(
+            "attention: rows are queries, columns the keys they look at ({} tokens)",
+            seq
+        ),
+        panels,
+        columns,
+        row_labels: labels.iter().map(|l| short(l)).collect(),
+        col_labels: labels.iter().map(|l| short(l)).collect(),
+        cell,
+    };
+    heatmap
+        .render()
+        .save(&out.join("attention.png"))
+        .context("writing attention.png")?;
+    let title = format!("qkv attention: {}", args.checkpoint.display());
+    std::fs::write(
+        out.join("attention.html"),
+        html::page(&title, &labels, &probs),
+    )
+    .context("writing attention.html")?;
+    let json = serde_json::json!({ "tokens": labels, "ids": ids, "probs": probs });
+    std::fs::write(out.join("attention.json"), serde_json::to_string(&json)?)
+        .context("writing attention.json")?;
+    if let (Some(layer), Some(head)) = (args.layer, args.head) {
+        write_head_dump(
+            &model,
+            x,
+            layer,
+            head,
+            &labels,
+            &out.join(format!("layer{layer}-head{head}.json")),
+        )?;
+    }
+    println!(
+        "wrote {}/attention.png, attention.html, attention.json",
+        out.display()
+    );
+    println!(
+        "\nwhere the last token ({:?}) looks, per head:",
+        labels[seq - 1]
+    );
+    for (l, heads) in probs.iter().enumerate() {
+        for (h, p) in heads.iter().enumerate() {
+            if !keep(l, h) {
+                continue;
+            }
+            let row = &p[(seq - 1) * seq..seq * seq];
+            let (best, w) = row
+                .iter()
+                .enumerate()
+                .fold((0, 0.0f32), |b, (j, &w)| if w > b.1 { (j, w) } else { b });
+            println!(
+                "  layer {l} head {h}: {:>5.1}% on token {best} {:?}",
+                w * 100.0,
+                labels[best]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Q, K, V, raw scores and probabilities of one head, as JSON.
+fn write_head_dump(
+    model: &Gpt,
+    x: Tensor<2, Int>,
+    layer: usize,
+    head: usize,
+    labels: &[String],
+    path: &Path,
+) -> Result<()> {
+    let seen = model.inspect_layer(x, layer)?;
+    let pick = |t: Tensor<4>| -> Vec<Vec<f32>> {
+        let [_, _, rows, cols] = t.dims();
+        let flat: Vec<f32> = t
+            .slice(s![0..1, head..head + 1, .., ..])
+            .into_data()
+            .try_into_vec_as()
+            .expect("floats");
+        (0..rows)
+            .map(|r| flat[r * cols..(r + 1) * cols].to_vec())
+            .collect()
+    };
+    let json = serde_json::json!({
+        "layer": layer, "head": head, "tokens": labels,
+        "q": pick(seen.q), "k": pick(seen.k), "v": pick(seen.v),
+        "scores_scaled_unmasked": pick(seen.scores), "probs": pick(seen.probs),
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn token_label(tokenizer: Option<&Tokenizer>, id: u32) -> String {
+    tokenizer
+        .and_then(|t| t.decode(&[id]).ok())
+        .unwrap_or_else(|| format!("#{id}"))
+}
+
+/// A label for the heatmap axes: visible whitespace, at most 6 characters.
+fn short(label: &str) -> String {
+    let shown = label.replace('\n', "\\n").replace(' ', "_");
+    shown.chars().take(6).collect()
+}
+
+/// Zeroes each head in turn and prints the change in validation loss.
+fn ablate(args: &AttentionArgs, model: &Gpt, device: &Device) -> Result<()> {
+    let config_path = args.checkpoint.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "--ablate needs a qkv run directory with config.json ({})",
+            config_path.display()
+        )
+    })?;
+    let config = TrainConfig::from_json(&text)?;
+    let source = BatchSource::open(&config, Path::new("data"))?;
+    let batches: Vec<_> = {
+        let mut rng = SplitMix64::new(0xab1a7e);
+        (0..args.ablate_batches)
+            .map(|_| {
+                source.batch(
+                    Split::Val,
+                    config.batch_size,
+                    config.model.block_size,
+                    &mut |n| rng.below(n),
+                )
+            })
+            .collect()
+    };
+    let loss_of = |m: &Gpt| -> f64 {
+        let total: f64 = batches
+            .iter()
+            .map(|b| {
+                let (x, y) = qkv_trainer::tensors(b, device);
+                cross_entropy(m.forward(x), y, Some(qkv_data::IGNORE)).into_scalar::<f32>() as f64
+            })
+            .sum();
+        total / batches.len() as f64
+    };
+    let base = loss_of(model);
+    let n_heads = model.blocks[0].attn.n_heads;
+    println!(
+        "validation loss with every head: {base:.4} ({} batches of {})\n",
+        batches.len(),
+        config.batch_size
+    );
+    println!("| layer | head | val loss without it | change |");
+    println!("|---:|---:|---:|---:|");
+    for layer in 0..model.n_layers() {
+        for head in 0..n_heads {
+            let ablated = model.clone().ablate_head(layer, head)?;
+            let loss = loss_of(&ablated);
+            println!("| {layer} | {head} | {loss:.4} | {:+.4} |", loss - base);
+        }
+    }
+    Ok(())
+}
