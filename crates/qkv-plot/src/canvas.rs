@@ -155,6 +155,7 @@ impl Canvas {
             let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
+            encoder.set_compression(png::Compression::Best);
             let mut writer = encoder.write_header().expect("writing to memory");
             writer
                 .write_image_data(&self.pixels)
