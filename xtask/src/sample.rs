@@ -114,6 +114,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         sampling,
         use_cache: !args.no_cache,
         keep_logits: false,
+        record_attention: false,
     };
     let print_ids = args.print_ids || tokenizer.is_none();
     let mut stdout = std::io::stdout();

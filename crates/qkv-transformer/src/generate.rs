@@ -21,6 +21,9 @@ pub struct GenerationConfig {
     pub use_cache: bool,
     /// Also return the logits behind every chosen token.
     pub keep_logits: bool,
+    /// Also record, for every new token, each layer's attention over the context it was
+    /// chosen from (see [`Generation::attention`]).
+    pub record_attention: bool,
 }
 
 impl GenerationConfig {
@@ -32,6 +35,7 @@ impl GenerationConfig {
             sampling: Sampling::Greedy,
             use_cache: true,
             keep_logits: false,
+            record_attention: false,
         }
     }
 }
@@ -45,6 +49,10 @@ pub struct Generation {
     /// With `keep_logits`: for each prompt, for each new token, the logits it was chosen
     /// from (`vocab_size` values).
     pub logits: Vec<Vec<Vec<f32>>>,
+    /// With `record_attention`: for each prompt, for each new token, for each layer, the
+    /// probabilities with which the position that chose it attended to the context,
+    /// `[n_heads, context_len]` row-major (the context being the window the model saw).
+    pub attention: Vec<Vec<Vec<Vec<f32>>>>,
 }
 
 impl Gpt {
@@ -90,6 +98,7 @@ impl Gpt {
         let mut rng = SplitMix64::new(seed);
         let mut tokens = vec![Vec::new(); prompts.len()];
         let mut logits = vec![Vec::new(); prompts.len()];
+        let mut attention = vec![Vec::new(); prompts.len()];
         let mut lengths: Vec<usize> = prompts
             .iter()
             .map(|p| p.len().min(self.block_size))
@@ -112,9 +121,16 @@ impl Gpt {
                 if config.keep_logits {
                     logits[i] = out.logits[row].clone();
                 }
+                if config.record_attention {
+                    attention[i] = out.attention[row].clone();
+                }
             }
         }
-        Ok(Generation { tokens, logits })
+        Ok(Generation {
+            tokens,
+            logits,
+            attention,
+        })
     }
 
     /// Generation for prompts of one length, as one batch.
@@ -131,15 +147,19 @@ impl Gpt {
         let mut done = vec![false; batch];
         let mut out_tokens = vec![Vec::new(); batch];
         let mut out_logits = vec![Vec::new(); batch];
+        let mut out_attention: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); batch];
+        let record = config.record_attention;
         let mut next: Option<Vec<u32>> = None; // tokens to feed when continuing the cache
         for _ in 0..config.max_new_tokens {
             let context_len = contexts[0].len();
             let cache_fits = caches[0].len() < self.block_size && next.is_some();
-            let last_logits = if config.use_cache && cache_fits {
+            let (last_logits, probs): (Tensor<3>, Vec<Tensor<4>>) = if config.use_cache
+                && cache_fits
+            {
                 let feed = next.take().expect("checked above");
                 let input = tokens_tensor(&[feed], batch, 1, &device, true);
-                self.forward_detailed(input, Some(&mut caches), false)?
-                    .logits
+                let out = self.forward_detailed(input, Some(&mut caches), record)?;
+                (out.logits, out.attention)
             } else {
                 // First step, no cache, or a full window: encode the last block_size tokens.
                 let window = context_len.min(self.block_size);
@@ -147,9 +167,23 @@ impl Gpt {
                 let input = tokens_tensor(&rows, batch, window, &device, false);
                 caches = self.new_caches();
                 let cache_arg = config.use_cache.then_some(&mut caches[..]);
-                let logits = self.forward_detailed(input, cache_arg, false)?.logits;
-                logits.slice(s![.., window - 1..window, ..])
+                let out = self.forward_detailed(input, cache_arg, record)?;
+                let probs = out
+                    .attention
+                    .into_iter()
+                    .map(|p| p.slice(s![.., .., window - 1..window, ..]))
+                    .collect();
+                (out.logits.slice(s![.., window - 1..window, ..]), probs)
             };
+            // Per layer, [batch, n_heads, 1, context] -> per row, per layer, n_heads × context.
+            let step_attention: Vec<Vec<f32>> = probs
+                .into_iter()
+                .map(|p| {
+                    p.into_data()
+                        .try_into_vec_as::<f32>()
+                        .expect("float probabilities")
+                })
+                .collect();
             let rows: Vec<f32> = last_logits
                 .into_data()
                 .try_into_vec_as::<f32>()
@@ -166,6 +200,13 @@ impl Gpt {
                     if config.keep_logits {
                         out_logits[row].push(row_logits.to_vec());
                     }
+                    if record {
+                        let per_row = |layer: &Vec<f32>| {
+                            let n = layer.len() / batch;
+                            layer[row * n..(row + 1) * n].to_vec()
+                        };
+                        out_attention[row].push(step_attention.iter().map(per_row).collect());
+                    }
                     on_token(row, token);
                     done[row] = config.stop_tokens.contains(&token);
                 }
@@ -178,6 +219,7 @@ impl Gpt {
         Ok(Generation {
             tokens: out_tokens,
             logits: out_logits,
+            attention: out_attention,
         })
     }
 }

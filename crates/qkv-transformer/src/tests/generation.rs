@@ -164,3 +164,59 @@ test_on_cpu_backends!(bad_prompts_are_errors, |device: &Device| {
         .unwrap_err();
     assert!(err.to_string().contains("temperature"), "{err}");
 });
+
+test_on_cpu_backends!(
+    recorded_attention_matches_the_full_pass,
+    |device: &Device| {
+        let model = model(PositionalEncoding::Learned, device);
+        let config = GenerationConfig {
+            record_attention: true,
+            ..GenerationConfig::greedy(4)
+        };
+        let out = model
+            .generate(&[vec![3, 1, 4]], &config, |_, _| {})
+            .unwrap();
+        assert_eq!(out.attention[0].len(), 4, "one record per new token");
+        // The record of the last new token is the last row of a full recorded pass over the
+        // context that produced it.
+        let mut context = vec![3i64, 1, 4];
+        context.extend(out.tokens[0][..3].iter().map(|&t| t as i64));
+        let n = context.len();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(context, [1, n]), device);
+        let full = model.forward_detailed(x, None, true).unwrap();
+        for (layer, probs) in full.attention.into_iter().enumerate() {
+            let want = qkv_test_support::values(probs.slice(s![.., .., n - 1..n, ..]));
+            assert_close(
+                &out.attention[0][3][layer],
+                &want,
+                1e-5,
+                &format!("layer {layer}"),
+            );
+        }
+    }
+);
+
+test_on_cpu_backends!(recorder_does_not_change_the_output, |device: &Device| {
+    let model = model(PositionalEncoding::Rotary { base: 100.0 }, device);
+    let x = Tensor::<2, Int>::from_data([[5, 9, 2, 30, 7, 1]], device);
+    let off = model.forward_detailed(x.clone(), None, false).unwrap();
+    let on = model.forward_detailed(x, None, true).unwrap();
+    assert!(off.attention.is_empty());
+    assert_eq!(on.attention.len(), 2);
+    let (a, b) = (
+        qkv_test_support::values(off.logits),
+        qkv_test_support::values(on.logits),
+    );
+    // Fused path off, explicit path on: the same function, to rounding.
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close(
+        &a,
+        &b,
+        1e-5 * scale.max(1.0),
+        "logits with and without the recorder",
+    );
+    for probs in on.attention {
+        let sums = qkv_test_support::values(probs.sum_dim(3));
+        assert_close(&sums, &vec![1.0; sums.len()], 1e-6, "rows sum to 1");
+    }
+});
