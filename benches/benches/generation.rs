@@ -3,7 +3,9 @@
 //! cache and without it (recomputing the whole context every step). Throughput is in
 //! tokens. Random weights: speed does not depend on what the model has learned.
 
-use burn::prelude::*;
+// criterion's macros generate undocumented functions.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use qkv_benches::{cpu_backends, sync};
 use qkv_transformer::{GenerationConfig, GptConfig};
