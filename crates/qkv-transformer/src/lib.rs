@@ -48,7 +48,7 @@ pub use error::{ModelError, WeightsError};
 pub use generate::{Generation, GenerationConfig};
 pub use gpt::{Gpt, GptOutput};
 pub use loss::{cross_entropy, reference_cross_entropy};
-pub use mlp::{Mlp, gelu_tanh};
+pub use mlp::{Mlp, gelu_exact, gelu_tanh};
 pub use positional::sinusoidal_table;
 pub use sampling::{Sampling, SplitMix64, argmax, filtered_probs, sample};
 

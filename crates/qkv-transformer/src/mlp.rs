@@ -58,10 +58,61 @@ impl Mlp {
     }
 }
 
+/// Exact GELU, `x·Φ(x) = 0.5·x·(1 + erf(x/√2))` (PyTorch's `nn.GELU()`), written with
+/// tensor ops so that autodiff differentiates the function it computes.
+///
+/// The MLP uses Burn's `activation::gelu`, which Flex runs as one fused op with the exact
+/// derivative. Burn 0.22's portable fallback (NdArray) backpropagates the derivative of the
+/// *tanh approximation* instead, off by up to about 1e-3; this function is the reference the
+/// test below holds both against.
+pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+    x * cdf
+}
+
 /// GELU's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, as GPT-2 uses.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let sqrt_2_over_pi = (2.0f64 / std::f64::consts::PI).sqrt();
     let inner =
         (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(sqrt_2_over_pi);
     (x.clone() * (inner.tanh().add_scalar(1.0))).mul_scalar(0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qkv_test_support::{assert_close, test_on_cpu_backends, values};
+
+    fn erf(x: f64) -> f64 {
+        // Abramowitz-Stegun 7.1.26 is not precise enough; integrate exp(-t²) instead.
+        let steps = 20_000;
+        let h = x / steps as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut sum = f(0.0) + f(x);
+        for i in 1..steps {
+            sum += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        sum * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    test_on_cpu_backends!(exact_gelu_and_its_gradient, |device: &Device| {
+        let points = [-3.0, -1.5, -0.7, 0.0, 0.4, 1.0, 2.2];
+        let ad = device.clone().autodiff();
+        let x = Tensor::<1>::from_data(points, &ad).require_grad();
+        let y = gelu_exact(x.clone());
+        let grads = y.clone().sum().backward();
+        let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let pdf = |x: f64| (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let want_y: Vec<f32> = points.iter().map(|&x| (x * cdf(x)) as f32).collect();
+        let want_dy: Vec<f32> = points.iter().map(|&x| (cdf(x) + x * pdf(x)) as f32).collect();
+        assert_close(&values(y), &want_y, 1e-5, "GELU");
+        assert_close(&values(x.grad(&grads).unwrap()), &want_dy, 1e-5, "GELU'");
+        // Burn's gelu: exact forward; its gradient within 1e-3 of the exact one (exact on
+        // Flex, the tanh approximation's on NdArray).
+        let xb = Tensor::<1>::from_data(points, &ad).require_grad();
+        let yb = burn::tensor::activation::gelu(xb.clone());
+        assert_close(&values(yb.clone()), &want_y, 1e-5, "Burn's GELU");
+        let gb = yb.sum().backward();
+        assert_close(&values(xb.grad(&gb).unwrap()), &want_dy, 1e-3, "Burn's GELU'");
+    });
 }
