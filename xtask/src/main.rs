@@ -4,12 +4,14 @@
 //!   cores; `--preset shakespeare-char` for nanoGPT's character-level Shakespeare).
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
+//! * `eval`: a text model's loss over a whole data split.
 //!
 //! This binary is the only non-test code that names concrete Burn backends (see
 //! [`backend`]).
 
 mod attention;
 mod backend;
+mod eval;
 mod sample;
 mod train;
 
@@ -32,6 +34,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Show what each attention head looks at, or ablate heads one at a time.
     Attention(attention::AttentionArgs),
+    /// The loss of a trained text model over its entire validation (or training) split.
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Attention(args) => attention::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -20,7 +20,7 @@ pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfi
 pub use error::TrainError;
 pub use schedule::WarmupCosine;
 pub use source::BatchSource;
-pub use trainer::{Event, RunSummary, Trainer, adamw_settings, tensors};
+pub use trainer::{Event, RunSummary, Trainer, adamw_settings, full_split_loss, tensors};
 
 #[cfg(test)]
 mod tests;

@@ -424,3 +424,47 @@ pub fn tensors(batch: &TokenBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2
         Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
     )
 }
+
+/// Mean next-token loss over an entire split of a text dataset, in consecutive windows of
+/// `block_size` tokens (the last partial window dropped), `batch_size` windows at a time. Unlike
+/// the periodic estimate on random batches, this is the same number every time it is run.
+pub fn full_split_loss(
+    model: &Gpt,
+    dataset: &qkv_data::TextDataset,
+    split: Split,
+    block_size: usize,
+    batch_size: usize,
+    device: &Device,
+) -> f64 {
+    let ids = match split {
+        Split::Train => &dataset.train,
+        Split::Val => &dataset.val,
+    };
+    let windows = (ids.len().saturating_sub(1)) / block_size;
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for first in (0..windows).step_by(batch_size.max(1)) {
+        let n = batch_size.min(windows - first);
+        let mut batch = TokenBatch {
+            batch: n,
+            seq: block_size,
+            inputs: Vec::new(),
+            targets: Vec::new(),
+        };
+        for w in first..first + n {
+            let start = w * block_size;
+            batch
+                .inputs
+                .extend(ids[start..start + block_size].iter().map(|&t| t as i64));
+            batch.targets.extend(
+                ids[start + 1..start + block_size + 1]
+                    .iter()
+                    .map(|&t| t as i64),
+            );
+        }
+        let (x, y) = tensors(&batch, device);
+        let loss = cross_entropy(model.forward(x), y, None).into_scalar::<f32>() as f64;
+        total += loss * (n * block_size) as f64;
+        count += n * block_size;
+    }
+    total / count.max(1) as f64
+}

@@ -66,7 +66,12 @@ impl Mlp {
 /// *tanh approximation* instead, off by up to about 1e-3; this function is the reference the
 /// test below holds both against.
 pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
     x * cdf
 }
 
@@ -104,7 +109,10 @@ mod tests {
         let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
         let pdf = |x: f64| (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
         let want_y: Vec<f32> = points.iter().map(|&x| (x * cdf(x)) as f32).collect();
-        let want_dy: Vec<f32> = points.iter().map(|&x| (cdf(x) + x * pdf(x)) as f32).collect();
+        let want_dy: Vec<f32> = points
+            .iter()
+            .map(|&x| (cdf(x) + x * pdf(x)) as f32)
+            .collect();
         assert_close(&values(y), &want_y, 1e-5, "GELU");
         assert_close(&values(x.grad(&grads).unwrap()), &want_dy, 1e-5, "GELU'");
         // Burn's gelu: exact forward; its gradient within 1e-3 of the exact one (exact on
@@ -113,6 +121,11 @@ mod tests {
         let yb = burn::tensor::activation::gelu(xb.clone());
         assert_close(&values(yb.clone()), &want_y, 1e-5, "Burn's GELU");
         let gb = yb.sum().backward();
-        assert_close(&values(xb.grad(&gb).unwrap()), &want_dy, 1e-3, "Burn's GELU'");
+        assert_close(
+            &values(xb.grad(&gb).unwrap()),
+            &want_dy,
+            1e-3,
+            "Burn's GELU'",
+        );
     });
 }
