@@ -144,21 +144,9 @@ impl MultiHeadAttention {
             key_padding,
             ..
         } = input;
-        let [batch, seq_q, width] = query.dims();
-        self.check_width("query", width)?;
-        if seq_q == 0 {
-            return Err(AttentionError::EmptySequence { input: "query" });
-        }
+        let [batch, seq_q] = self.check_inputs(&query, source.as_ref())?;
         let cross = source.is_some();
         let kv_input = source.unwrap_or_else(|| query.clone());
-        let [source_batch, _, source_width] = kv_input.dims();
-        self.check_width("source", source_width)?;
-        if source_batch != batch {
-            return Err(AttentionError::ShapeMismatch {
-                what: "query and source have different batch sizes",
-                detail: format!("query {:?}, source {:?}", query.dims(), kv_input.dims()),
-            });
-        }
         let q = self.rotate(self.split_heads(project(&self.query, query)), 0);
         let k = self.split_heads(project(&self.key, kv_input.clone()));
         let k = if cross { k } else { self.rotate(k, 0) };
@@ -256,26 +244,8 @@ impl MultiHeadAttention {
             key_padding,
             return_probs,
         } = input;
-        let [batch, seq_q, width] = query.dims();
-        self.check_width("query", width)?;
-        if seq_q == 0 {
-            return Err(AttentionError::EmptySequence { input: "query" });
-        }
+        let [batch, seq_q] = self.check_inputs(&query, source.as_ref())?;
         let cross = source.is_some();
-        if let Some(source) = &source {
-            let [source_batch, seq_src, source_width] = source.dims();
-            self.check_width("source", source_width)?;
-            if source_batch != batch {
-                return Err(AttentionError::ShapeMismatch {
-                    what: "query and source have different batch sizes",
-                    detail: format!("query {:?}, source {:?}", query.dims(), source.dims()),
-                });
-            }
-            if seq_src == 0 {
-                return Err(AttentionError::EmptySequence { input: "source" });
-            }
-        }
-
         // [batch, n_heads, seq_q, d_head]
         let offset = if cross {
             0
@@ -365,6 +335,33 @@ impl MultiHeadAttention {
             context: project(&self.output, merged),
             probs,
         })
+    }
+
+    /// Checks widths, batch sizes and emptiness; returns `[batch, seq_q]`.
+    fn check_inputs(
+        &self,
+        query: &Tensor<3>,
+        source: Option<&Tensor<3>>,
+    ) -> Result<[usize; 2], AttentionError> {
+        let [batch, seq_q, width] = query.dims();
+        self.check_width("query", width)?;
+        if seq_q == 0 {
+            return Err(AttentionError::EmptySequence { input: "query" });
+        }
+        if let Some(source) = source {
+            let [source_batch, seq_src, source_width] = source.dims();
+            self.check_width("source", source_width)?;
+            if source_batch != batch {
+                return Err(AttentionError::ShapeMismatch {
+                    what: "query and source have different batch sizes",
+                    detail: format!("query {:?}, source {:?}", query.dims(), source.dims()),
+                });
+            }
+            if seq_src == 0 {
+                return Err(AttentionError::EmptySequence { input: "source" });
+            }
+        }
+        Ok([batch, seq_q])
     }
 
     fn check_width(&self, input: &'static str, got: usize) -> Result<(), AttentionError> {
