@@ -40,7 +40,11 @@ fn attention(c: &mut Criterion) {
                         &seq,
                         |b, _| {
                             b.iter(|| {
-                                let input = x.clone().require_grad();
+                                let input = if backward {
+                                    x.clone().require_grad()
+                                } else {
+                                    x.clone()
+                                };
                                 let out = mha
                                     .forward(MhaInput::self_attn(input.clone()).causal())
                                     .context;
