@@ -120,3 +120,14 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         "{what}: max |difference| {diff:e} exceeds the tolerance {tol:e}"
     );
 }
+
+/// A fresh, empty temporary directory, unique per call (the same test body runs on several
+/// backends at once, so a name alone would be shared).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qkv-test-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

@@ -6,25 +6,11 @@ mod optim_parity;
 mod recall_heads;
 mod runs;
 
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{DataConfig, ModelSettings, TrainConfig};
 
-/// A fresh directory for one test.
-pub(crate) fn temp_dir(name: &str) -> PathBuf {
-    // Unique per call: the same test body runs on several backends at once.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "{}-{name}-{}-{n}",
-        env!("CARGO_PKG_NAME"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+pub(crate) use qkv_test_support::temp_dir;
 
 /// A tiny recall run: 1 layer, 16 wide, batches of 8.
 pub(crate) fn tiny_recall(max_iters: usize, dropout: f64) -> TrainConfig {

@@ -19,17 +19,4 @@ pub(crate) fn reference_json() -> serde_json::Value {
     serde_json::from_str(&text).expect("valid json")
 }
 
-/// A fresh temporary directory for one test.
-pub(crate) fn temp_dir(name: &str) -> PathBuf {
-    // Unique per call: the same test body runs on several backends at once.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "{}-{name}-{}-{n}",
-        env!("CARGO_PKG_NAME"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+pub(crate) use qkv_test_support::temp_dir;
