@@ -1,14 +1,14 @@
 //! `cargo xtask eval`: a trained text model's loss over its entire validation split.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use qkv_data::Split;
-use qkv_trainer::{BatchSource, TrainConfig, full_split_loss};
+use qkv_trainer::{BatchSource, full_split_loss};
 
 use crate::backend::Backend;
-use crate::sample::load_model;
+use crate::sample::{load_model, load_run_data};
 
 /// Options of `cargo xtask eval`.
 #[derive(Debug, Args)]
@@ -30,15 +30,8 @@ pub struct EvalArgs {
 /// Runs `cargo xtask eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.backend.device();
-    let config_path = args.checkpoint.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "eval needs a qkv run directory with config.json ({})",
-            config_path.display()
-        )
-    })?;
-    let config = TrainConfig::from_json(&text)?;
-    let BatchSource::Text(dataset) = BatchSource::open(&config, Path::new("data"))? else {
+    let (config, source) = load_run_data(&args.checkpoint, "eval")?;
+    let BatchSource::Text(dataset) = source else {
         bail!("eval measures text models; for the recall task, train reports held-out accuracy");
     };
     let (model, _) = load_model(&args.checkpoint, &device)?;

@@ -83,6 +83,24 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, Option<Tokenizer>
     }
 }
 
+/// The training config of a run directory and its data, opened as training saw it;
+/// `purpose` names the command for the error when `dir` is not a run directory.
+pub fn load_run_data(
+    dir: &Path,
+    purpose: &str,
+) -> Result<(qkv_trainer::TrainConfig, qkv_trainer::BatchSource)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{purpose} needs a qkv run directory with config.json ({})",
+            config_path.display()
+        )
+    })?;
+    let config = qkv_trainer::TrainConfig::from_json(&text)?;
+    let source = qkv_trainer::BatchSource::open(&config, Path::new("data"))?;
+    Ok((config, source))
+}
+
 /// Runs `cargo xtask sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = args.backend.device();

@@ -10,11 +10,10 @@ use burn::prelude::*;
 use clap::Args;
 use qkv_data::{Split, Tokenizer};
 use qkv_plot::Heatmap;
-use qkv_trainer::{BatchSource, TrainConfig};
 use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
 
 use crate::backend::Backend;
-use crate::sample::load_model;
+use crate::sample::{load_model, load_run_data};
 
 /// Options of `cargo xtask attention`.
 #[derive(Debug, Args)]
@@ -240,15 +239,7 @@ fn short(label: &str) -> String {
 
 /// Zeroes each head in turn and prints the change in validation loss.
 fn ablate(args: &AttentionArgs, model: &Gpt, device: &Device) -> Result<()> {
-    let config_path = args.checkpoint.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "--ablate needs a qkv run directory with config.json ({})",
-            config_path.display()
-        )
-    })?;
-    let config = TrainConfig::from_json(&text)?;
-    let source = BatchSource::open(&config, Path::new("data"))?;
+    let (config, source) = load_run_data(&args.checkpoint, "--ablate")?;
     let batches: Vec<_> = {
         let mut rng = SplitMix64::new(0xab1a7e);
         (0..args.ablate_batches)
