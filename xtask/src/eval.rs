@@ -7,8 +7,8 @@ use clap::Args;
 use qkv_data::Split;
 use qkv_trainer::{BatchSource, full_split_loss};
 
-use crate::backend::Backend;
 use crate::sample::{load_model, load_run_data};
+use qkv_backends::Backend;
 
 /// Options of `cargo xtask eval`.
 #[derive(Debug, Args)]
@@ -22,14 +22,14 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "flex")]
+    /// Where to compute: flex, ndarray or wgpu.
+    #[arg(long, default_value = "flex")]
     backend: Backend,
 }
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = args.backend.device();
+    let device = args.backend.check()?;
     let (config, source) = load_run_data(&args.checkpoint, "eval")?;
     let BatchSource::Text(dataset) = source else {
         bail!("eval measures text models; for the recall task, train reports held-out accuracy");

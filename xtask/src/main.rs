@@ -5,12 +5,12 @@
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
 //! * `eval`: a text model's loss over a whole data split.
+//! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
 //!
-//! This binary is the only non-test code that names concrete Burn backends (see
-//! [`backend`]).
+//! Backends are chosen by name through `qkv-backends`, the one crate that names them.
 
 mod attention;
-mod backend;
+mod bench;
 mod eval;
 mod sample;
 mod train;
@@ -36,6 +36,8 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// The loss of a trained text model over its entire validation (or training) split.
     Eval(eval::EvalArgs),
+    /// Time the benchmark suite on chosen backends, optionally beside PyTorch.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -45,6 +47,7 @@ fn main() {
         Command::Sample(args) => sample::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

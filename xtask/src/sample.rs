@@ -9,7 +9,7 @@ use clap::Args;
 use qkv_data::Tokenizer;
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, Sampling};
 
-use crate::backend::Backend;
+use qkv_backends::Backend;
 
 /// Options of `cargo xtask sample`.
 #[derive(Debug, Args)]
@@ -51,8 +51,8 @@ pub struct SampleArgs {
     /// Recompute the whole context at every step instead of using the KV cache.
     #[arg(long)]
     no_cache: bool,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "flex")]
+    /// Where to compute: flex, ndarray or wgpu.
+    #[arg(long, default_value = "flex")]
     backend: Backend,
 }
 
@@ -103,7 +103,7 @@ pub fn load_run_data(
 
 /// Runs `cargo xtask sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = args.backend.device();
+    let device = args.backend.check()?;
     let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
     let prompt: Vec<u32> = match (&args.prompt_ids, &args.prompt, &tokenizer) {
         (Some(ids), _, _) => ids.clone(),

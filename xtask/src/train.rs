@@ -10,7 +10,7 @@ use clap::Args;
 use qkv_trainer::{DataConfig, Event, TokenizerChoice, TrainConfig, Trainer, metrics};
 use qkv_transformer::{GenerationConfig, Sampling};
 
-use crate::backend::Backend;
+use qkv_backends::Backend;
 
 /// `--tokenizer` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -31,8 +31,8 @@ pub struct TrainArgs {
     /// A JSON config file (as written to `config.json` by a run) instead of a preset.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "flex")]
+    /// Where to compute: flex, ndarray or wgpu.
+    #[arg(long, default_value = "flex")]
     backend: Backend,
     /// The run directory (default `runs/<preset>`).
     #[arg(long)]
@@ -175,7 +175,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(name));
-    let device = args.backend.device().autodiff();
+    let device = args.backend.check()?.autodiff();
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();

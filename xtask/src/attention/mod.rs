@@ -12,8 +12,8 @@ use qkv_data::{Split, Tokenizer};
 use qkv_plot::Heatmap;
 use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
 
-use crate::backend::Backend;
 use crate::sample::{load_model, load_run_data};
+use qkv_backends::Backend;
 
 /// Options of `cargo xtask attention`.
 #[derive(Debug, Args)]
@@ -43,14 +43,14 @@ pub struct AttentionArgs {
     /// Batches of validation data per ablation measurement.
     #[arg(long, default_value_t = 20)]
     ablate_batches: usize,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "flex")]
+    /// Where to compute: flex, ndarray or wgpu.
+    #[arg(long, default_value = "flex")]
     backend: Backend,
 }
 
 /// Runs `cargo xtask attention`.
 pub fn run(args: AttentionArgs) -> Result<()> {
-    let device = args.backend.device();
+    let device = args.backend.check()?;
     let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
     if args.ablate {
         return ablate(&args, &model, &device);

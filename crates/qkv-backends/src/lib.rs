@@ -1,0 +1,252 @@
+//! The one place in qkv that names concrete Burn backends: a backend name (`flex`, `ndarray`,
+//! `wgpu`) to a [`Device`], plus a description of the machine for benchmark reports.
+//!
+//! Library crates (tensor ops, attention, model, trainer) take a `&Device` and never name a
+//! backend; the command line, the benchmarks, the examples and the cross-backend tests pick
+//! one here.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use burn::prelude::*;
+
+/// The backends qkv runs on. Every one of them runs everything: attention, the model,
+/// training and generation; only the device differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Burn's pure-Rust CPU backend (SIMD + rayon): the default.
+    Flex,
+    /// The ndarray CPU backend (deprecated in Burn 0.22, kept for comparison).
+    Ndarray,
+    /// The GPU through wgpu and CubeCL (Vulkan, Metal, DX12). With no GPU it runs on a
+    /// software Vulkan driver such as Mesa's lavapipe: correct, but slow.
+    Wgpu,
+}
+
+impl Backend {
+    /// Every backend, in the order reports list them.
+    pub const ALL: [Backend; 3] = [Backend::Flex, Backend::Ndarray, Backend::Wgpu];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+        }
+    }
+
+    /// Whether the backend computes on the CPU of this process.
+    pub fn is_cpu(self) -> bool {
+        !matches!(self, Backend::Wgpu)
+    }
+
+    /// The device for this backend, without autodiff (call `.autodiff()` for training).
+    ///
+    /// For wgpu this is the default adapter wgpu finds (a discrete GPU first); on a machine
+    /// with no Vulkan driver at all, the first operation on it fails: see [`Backend::check`].
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Flex => Device::flex(),
+            #[allow(deprecated)]
+            Backend::Ndarray => Device::ndarray(),
+            Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
+        }
+    }
+
+    /// Runs one tiny operation on the backend and reports a clear error when it cannot run,
+    /// for instance when wgpu finds no adapter because no Vulkan driver is installed.
+    pub fn check(self) -> Result<Device, BackendError> {
+        let device = self.device();
+        // A backend that cannot start panics, possibly on a worker thread (wgpu's device
+        // thread), before the panic reaches us as a broken channel. Keep the first panic
+        // message, which names the real cause, and print none of them.
+        let first_message: Arc<Mutex<Option<String>>> = Arc::default();
+        let previous_hook = std::panic::take_hook();
+        let sink = Arc::clone(&first_message);
+        std::panic::set_hook(Box::new(move |info| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(panic_text(info.payload()));
+            }
+        }));
+        let probe = std::panic::catch_unwind(|| {
+            let t = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
+            t.sum().into_scalar::<f32>()
+        });
+        std::panic::set_hook(previous_hook);
+        match probe {
+            Ok(sum) if (sum - 6.0).abs() < 1e-6 => Ok(device),
+            Ok(sum) => Err(BackendError::Unusable {
+                backend: self,
+                reason: format!("a probe sum of [1, 2, 3] gave {sum}, not 6"),
+            }),
+            Err(panic) => {
+                let first = first_message
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                Err(BackendError::Unusable {
+                    backend: self,
+                    reason: first.unwrap_or_else(|| panic_text(panic.as_ref())),
+                })
+            }
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the backend panicked while starting".into())
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| BackendError::Unknown(s.to_string()))
+    }
+}
+
+/// Parses a comma-separated list such as `flex,ndarray,wgpu` (duplicates removed, order kept).
+pub fn parse_list(list: &str) -> Result<Vec<Backend>, BackendError> {
+    let mut out = Vec::new();
+    for name in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let b: Backend = name.parse()?;
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    if out.is_empty() {
+        return Err(BackendError::Unknown(list.to_string()));
+    }
+    Ok(out)
+}
+
+/// Why a backend could not be chosen or started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendError {
+    /// The name is not one of `flex`, `ndarray`, `wgpu`.
+    Unknown(String),
+    /// The backend is compiled in but cannot run here.
+    Unusable {
+        /// Which backend.
+        backend: Backend,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Unknown(name) => write!(
+                f,
+                "unknown backend {name:?}: choose one of flex, ndarray, wgpu (for example --backend flex)"
+            ),
+            BackendError::Unusable {
+                backend: Backend::Wgpu,
+                reason,
+            } => write!(
+                f,
+                "the wgpu backend cannot start ({reason}); it needs a GPU driver or, with no GPU, \
+                 Mesa's software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1), \
+                 or choose a CPU backend with --backend flex"
+            ),
+            BackendError::Unusable { backend, reason } => {
+                write!(f, "the {backend} backend cannot start: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+/// Waits until every operation queued on `device` has finished, so that a clock read after
+/// it measures the work and not just its queueing (GPU backends run asynchronously).
+pub fn sync(device: &Device) {
+    device.sync().expect("device sync failed");
+}
+
+/// The machine a benchmark ran on, for reports: CPU model, cores, threads and GPU adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineInfo {
+    /// The CPU model name (from `/proc/cpuinfo` on Linux; "unknown" elsewhere).
+    pub cpu: String,
+    /// Logical CPUs the operating system reports.
+    pub logical_cpus: usize,
+    /// Threads the CPU backends use (`RAYON_NUM_THREADS`, else every logical CPU).
+    pub threads: usize,
+    /// The operating system and architecture, such as `linux x86_64`.
+    pub os: String,
+}
+
+impl MachineInfo {
+    /// Reads the description of this machine.
+    pub fn detect() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let logical_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(logical_cpus);
+        Self {
+            cpu,
+            logical_cpus,
+            threads,
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_say_what_to_do() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+        }
+        assert_eq!("WGPU".parse::<Backend>().unwrap(), Backend::Wgpu);
+        let err = "cuda".parse::<Backend>().unwrap_err().to_string();
+        assert!(err.contains("unknown backend \"cuda\""), "{err}");
+        assert!(err.contains("flex, ndarray, wgpu"), "{err}");
+        assert_eq!(
+            parse_list("flex, ndarray,flex").unwrap(),
+            vec![Backend::Flex, Backend::Ndarray]
+        );
+        assert!(parse_list(",").is_err());
+        assert!(parse_list("flex,tpu").is_err());
+    }
+
+    #[test]
+    fn cpu_backends_pass_the_probe() {
+        for b in [Backend::Flex, Backend::Ndarray] {
+            b.check().unwrap();
+        }
+    }
+}

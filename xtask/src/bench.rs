@@ -1,0 +1,292 @@
+//! `cargo xtask bench`: the benchmark suite of `qkv-benches` on chosen backends, optionally
+//! beside the PyTorch peer (`benches/pytorch/bench.py`), printed as one markdown table and
+//! written as JSON with a description of the machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use qkv_backends::{Backend, MachineInfo, parse_list};
+use qkv_benches::{Stats, Workload};
+use serde_json::{Value, json};
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Backends to time, comma-separated: flex, ndarray, wgpu.
+    #[arg(long, default_value = "flex,ndarray")]
+    backends: String,
+    /// Also time the PyTorch peer (needs `python3` with torch: `pip install torch`).
+    #[arg(long)]
+    with_pytorch: bool,
+    /// The PyTorch device: cpu, or cuda beside `--backends wgpu` on an NVIDIA GPU.
+    #[arg(long, default_value = "cpu")]
+    pytorch_device: String,
+    /// The Python interpreter that has torch.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Only the benchmarks whose id contains one of these (comma-separated), for example
+    /// `train_step` or `attention_fwd/d128`.
+    #[arg(long)]
+    only: Option<String>,
+    /// Fewer timed iterations: a rough figure in a fraction of the time.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "runs/bench.json")]
+    json: PathBuf,
+}
+
+/// One row of the report: a workload's timings on each backend and on PyTorch.
+struct Row {
+    workload: Workload,
+    qkv: Vec<(Backend, Stats)>,
+    pytorch: Option<Stats>,
+}
+
+/// Runs `cargo xtask bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let backends = parse_list(&args.backends)?;
+    let filters: Vec<String> = args
+        .only
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let workloads: Vec<Workload> = Workload::suite()
+        .into_iter()
+        .filter(|w| filters.is_empty() || filters.iter().any(|f| w.id().contains(f.as_str())))
+        .collect();
+    if workloads.is_empty() {
+        bail!(
+            "--only {:?} matches no benchmark; ids look like attention_fwd/d128/seq64, \
+             attention_fwd_bwd/d768/seq1024, train_step/4x4x128_b12_t64, generate/kv_cache",
+            args.only.unwrap_or_default()
+        );
+    }
+    let machine = MachineInfo::detect();
+    let devices = backends
+        .iter()
+        .map(|b| b.check().map(|d| (*b, d)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut rows: Vec<Row> = Vec::new();
+    for &workload in &workloads {
+        let mut qkv = Vec::new();
+        for (backend, device) in &devices {
+            let mut iteration = workload.prepare(device);
+            let stats = qkv_benches::measure(workload.plan(args.quick), &mut iteration);
+            eprintln!("{backend} {}: {:.2} ms", workload.id(), stats.median_ms);
+            qkv.push((*backend, stats));
+        }
+        rows.push(Row {
+            workload,
+            qkv,
+            pytorch: None,
+        });
+    }
+
+    let pytorch = if args.with_pytorch {
+        let report = run_pytorch(&args, &workloads, machine.threads)?;
+        for row in &mut rows {
+            row.pytorch = report["results"]
+                .get(row.workload.id())
+                .map(stats_from_json)
+                .transpose()?;
+        }
+        Some(report)
+    } else {
+        None
+    };
+
+    let gpu = gpu_description();
+    println!(
+        "{}",
+        markdown(&rows, &backends, pytorch.as_ref(), &machine, gpu.as_deref())
+    );
+    let report = json!({
+        "machine": {
+            "cpu": machine.cpu,
+            "logical_cpus": machine.logical_cpus,
+            "threads": machine.threads,
+            "os": machine.os,
+            "gpu": gpu,
+        },
+        "backends": backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        "quick": args.quick,
+        "pytorch": pytorch.as_ref().map(|p| json!({
+            "torch_version": p["torch_version"],
+            "device": p["device"],
+            "threads": p["threads"],
+            "gpu": p["gpu"],
+        })),
+        "results": rows.iter().map(|r| json!({
+            "id": r.workload.id(),
+            "tokens_per_iter": r.workload.tokens_per_iter(),
+            "qkv": r.qkv.iter().map(|(b, s)| (b.name().to_string(), stats_json(s)))
+                .collect::<serde_json::Map<_, _>>(),
+            "pytorch": r.pytorch.as_ref().map(stats_json),
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("results written to {}", args.json.display());
+    Ok(())
+}
+
+/// Runs the PyTorch peer on the same workloads and thread count; returns its JSON report.
+fn run_pytorch(args: &BenchArgs, workloads: &[Workload], threads: usize) -> Result<Value> {
+    // From the repository root (where `cargo xtask` runs), else beside this crate's sources.
+    let script = [
+        PathBuf::from("benches/pytorch/bench.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/pytorch/bench.py"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .context("benches/pytorch/bench.py not found: run cargo xtask bench from the qkv repository")?;
+    let out = std::env::temp_dir().join(format!("qkv-bench-pytorch-{}.json", std::process::id()));
+    let ids: Vec<String> = workloads.iter().map(Workload::id).collect();
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(&script)
+        .args(["--threads", &threads.to_string()])
+        .args(["--device", &args.pytorch_device])
+        .args(["--ids", &ids.join(",")])
+        .arg("--json-out")
+        .arg(&out);
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().with_context(|| {
+        format!(
+            "could not start {:?} for --with-pytorch; install Python 3 and PyTorch \
+             (pip install torch) or name the interpreter with --python",
+            args.python
+        )
+    })?;
+    if !status.success() {
+        bail!(
+            "the PyTorch benchmark ({}) failed with {status}; check that `{} -c 'import torch'` \
+             works (pip install torch)",
+            script.display(),
+            args.python
+        );
+    }
+    let text = std::fs::read_to_string(&out)
+        .with_context(|| format!("reading the PyTorch results {}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    serde_json::from_str(&text).context("the PyTorch benchmark wrote invalid JSON")
+}
+
+fn stats_from_json(v: &Value) -> Result<Stats> {
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("PyTorch result lacks {k}"))
+    };
+    Ok(Stats {
+        median_ms: num("median_ms")?,
+        min_ms: num("min_ms")?,
+        max_ms: num("max_ms")?,
+        samples: num("samples")? as usize,
+    })
+}
+
+fn stats_json(s: &Stats) -> Value {
+    json!({
+        "median_ms": s.median_ms,
+        "min_ms": s.min_ms,
+        "max_ms": s.max_ms,
+        "samples": s.samples,
+    })
+}
+
+/// The GPU's name and driver from `nvidia-smi`, when there is one.
+fn gpu_description() -> Option<String> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// `12.3 ms`, plus tokens/s for generation.
+fn cell(w: &Workload, s: &Stats) -> String {
+    match w {
+        Workload::Generate { .. } => format!(
+            "{:.1} ms ({:.0} tok/s)",
+            s.median_ms,
+            w.tokens_per_iter() as f64 / (s.median_ms / 1e3)
+        ),
+        _ if s.median_ms >= 100.0 => format!("{:.0} ms", s.median_ms),
+        _ => format!("{:.2} ms", s.median_ms),
+    }
+}
+
+/// The report: one row per benchmark, one column per backend, PyTorch, and the ratio of the
+/// best qkv backend's time to PyTorch's (below 1: qkv is faster).
+fn markdown(
+    rows: &[Row],
+    backends: &[Backend],
+    pytorch: Option<&Value>,
+    machine: &MachineInfo,
+    gpu: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "Machine: {}, {} logical CPUs, {} threads, {}{}\n",
+        machine.cpu,
+        machine.logical_cpus,
+        machine.threads,
+        machine.os,
+        gpu.map(|g| format!(", GPU {g}")).unwrap_or_default()
+    );
+    if let Some(p) = pytorch {
+        s += &format!(
+            "PyTorch {} on {}\n",
+            p["torch_version"].as_str().unwrap_or("?"),
+            p["device"].as_str().unwrap_or("?")
+        );
+    }
+    s += "Median time per iteration.\n\n| benchmark |";
+    for b in backends {
+        s += &format!(" {b} |");
+    }
+    if pytorch.is_some() {
+        s += " PyTorch | best qkv ÷ PyTorch |";
+    }
+    s += "\n|---|";
+    s += &"---:|".repeat(backends.len() + if pytorch.is_some() { 2 } else { 0 });
+    s += "\n";
+    for row in rows {
+        s += &format!("| {} |", row.workload.id());
+        for (_, stats) in &row.qkv {
+            s += &format!(" {} |", cell(&row.workload, stats));
+        }
+        if pytorch.is_some() {
+            let best = row
+                .qkv
+                .iter()
+                .min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
+            match (&row.pytorch, best) {
+                (Some(p), Some((b, q))) => {
+                    s += &format!(
+                        " {} | {:.2}× ({b}) |",
+                        cell(&row.workload, p),
+                        q.median_ms / p.median_ms
+                    )
+                }
+                (Some(p), None) => s += &format!(" {} | |", cell(&row.workload, p)),
+                (None, _) => s += " n/a | |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}

@@ -1,0 +1,111 @@
+//! The command line end to end, as a user meets it: bad backend names and a wgpu backend
+//! with no driver give clear errors (no panic, no backtrace), and `bench` runs a workload
+//! and writes its JSON report.
+
+use std::process::{Command, Output};
+
+use qkv_test_support::temp_dir;
+
+fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running xtask")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_backend_is_named_with_the_choices() {
+    for command in ["train", "sample", "eval", "attention"] {
+        let out = xtask(&[command, "--backend", "tpu"], &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{command}");
+        assert!(err.contains("unknown backend \"tpu\""), "{command}: {err}");
+        assert!(err.contains("flex, ndarray, wgpu"), "{command}: {err}");
+    }
+    let out = xtask(&["bench", "--backends", "flex,tpu"], &[]);
+    assert!(
+        stderr(&out).contains("unknown backend \"tpu\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn wgpu_without_a_driver_says_what_to_install_without_a_backtrace() {
+    let dir = temp_dir("xtask-no-driver");
+    let out_dir = dir.join("run");
+    let out = xtask(
+        &[
+            "train",
+            "--backend",
+            "wgpu",
+            "--max-iters",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[
+            // A Vulkan loader that finds no driver, and an EGL that finds no vendor (wgpu
+            // falls back to OpenGL through EGL when Vulkan has no adapter).
+            ("VK_DRIVER_FILES", "/nonexistent/icd.json"),
+            ("VK_ICD_FILENAMES", "/nonexistent/icd.json"),
+            ("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/egl.json"),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the wgpu backend cannot start"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+    assert!(
+        !err.contains("panicked at"),
+        "a panic reached the user: {err}"
+    );
+    assert!(
+        !out_dir.join("checkpoint").exists(),
+        "nothing trained, nothing saved"
+    );
+}
+
+#[test]
+fn bench_runs_a_workload_and_writes_json() {
+    let dir = temp_dir("xtask-bench");
+    let json = dir.join("bench.json");
+    let out = xtask(
+        &[
+            "bench",
+            "--backends",
+            "flex",
+            "--only",
+            "attention_fwd/d128/seq64",
+            "--quick",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| benchmark | flex |"), "{table}");
+    assert!(table.contains("| attention_fwd/d128/seq64 |"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    let median = results[0]["qkv"]["flex"]["median_ms"].as_f64().unwrap();
+    assert!(median > 0.0 && median.is_finite());
+    assert!(report["machine"]["logical_cpus"].as_u64().unwrap() >= 1);
+
+    let out = xtask(&["bench", "--only", "no_such_benchmark"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("matches no benchmark"),
+        "{}",
+        stderr(&out)
+    );
+}
