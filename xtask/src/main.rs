@@ -5,6 +5,7 @@
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
 //! * `eval`: a text model's loss over a whole data split.
+//! * `translate`: translate with an encoder–decoder trained by `train --task translate`.
 //! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
 //!
 //! Backends are chosen by name through `qkv-backends`, the one crate that names them.
@@ -14,6 +15,7 @@ mod bench;
 mod eval;
 mod sample;
 mod train;
+mod translate;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// The loss of a trained text model over its entire validation (or training) split.
     Eval(eval::EvalArgs),
+    /// Translate with a model trained by `train --task translate`.
+    Translate(translate::TranslateArgs),
     /// Time the benchmark suite on chosen backends, optionally beside PyTorch.
     Bench(bench::BenchArgs),
 }
@@ -48,6 +52,7 @@ fn main() {
         Command::Attention(args) => attention::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Translate(args) => translate::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

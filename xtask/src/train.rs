@@ -25,6 +25,20 @@ enum TokenizerFlag {
 /// the preset (or the `--config` file).
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// What to train: `lm` (a GPT language model: the default) or `translate` (the
+    /// encoder–decoder on a built-in translation task).
+    #[arg(long, default_value = "lm")]
+    task: String,
+    /// With `--task translate`: `numbers` (number words to digits, the default) or `dates`
+    /// (English dates to ISO dates).
+    #[arg(long)]
+    translation: Option<String>,
+    /// With `--task translate`: label smoothing of the loss.
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// With `--task translate`: stop (saving first) after this many seconds.
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// Named recipe: `recall` (default, offline) or `shakespeare-char`.
     #[arg(long, default_value = "recall")]
     preset: String,
@@ -106,6 +120,46 @@ pub struct TrainArgs {
     seed: Option<u64>,
 }
 
+/// `cargo xtask train --task translate`: rejects the flags that only language models take.
+fn run_translation(args: TrainArgs) -> Result<()> {
+    for (given, flag) in [
+        (args.preset != "recall", "--preset"),
+        (args.config.is_some(), "--config"),
+        (args.resume, "--resume"),
+        (args.data.is_some(), "--data"),
+        (args.tokenizer.is_some(), "--tokenizer"),
+        (args.grad_accum.is_some(), "--grad-accum"),
+        (args.lr_decay_iters.is_some(), "--lr-decay-iters"),
+        (args.eval_iters.is_some(), "--eval-iters"),
+        (args.block_size.is_some(), "--block-size"),
+    ] {
+        if given {
+            anyhow::bail!(
+                "{flag} does not apply to --task translate (its data, vocabulary and lengths come from the task)"
+            );
+        }
+    }
+    let overrides = crate::translate::TranslateOverrides {
+        task: args.translation,
+        max_iters: args.max_iters,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_iters: args.warmup_iters,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        eval_interval: args.eval_interval,
+        n_layers: args.n_layers,
+        n_heads: args.n_heads,
+        d_model: args.d_model,
+        dropout: args.dropout,
+        seed: args.seed,
+        label_smoothing: args.label_smoothing,
+        time_limit_s: args.time_limit,
+    };
+    crate::translate::train(overrides, args.backend, args.out)
+}
+
 impl TrainArgs {
     fn resolve(&self) -> Result<TrainConfig> {
         let mut c = match &self.config {
@@ -165,6 +219,20 @@ impl TrainArgs {
 
 /// Runs `cargo xtask train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    match args.task.as_str() {
+        "lm" => {}
+        "translate" => return run_translation(args),
+        other => anyhow::bail!("unknown --task {other:?}: choose lm or translate"),
+    }
+    for (given, flag) in [
+        (args.translation.is_some(), "--translation"),
+        (args.label_smoothing.is_some(), "--label-smoothing"),
+        (args.time_limit.is_some(), "--time-limit"),
+    ] {
+        if given {
+            anyhow::bail!("{flag} applies to --task translate only");
+        }
+    }
     let config = args.resolve()?;
     let name = if args.config.is_some() {
         "custom"

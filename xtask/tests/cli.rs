@@ -109,3 +109,54 @@ fn bench_runs_a_workload_and_writes_json() {
         stderr(&out)
     );
 }
+
+#[test]
+fn translation_commands_name_their_mistakes() {
+    let out = xtask(&["train", "--task", "poetry"], &[]);
+    assert!(
+        stderr(&out).contains("unknown --task \"poetry\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = xtask(
+        &["train", "--task", "translate", "--translation", "klingon"],
+        &[],
+    );
+    assert!(
+        stderr(&out).contains("choose numbers or dates"),
+        "{}",
+        stderr(&out)
+    );
+    let out = xtask(&["train", "--task", "translate", "--block-size", "8"], &[]);
+    assert!(
+        stderr(&out).contains("--block-size does not apply"),
+        "{}",
+        stderr(&out)
+    );
+    let out = xtask(&["train", "--label-smoothing", "0.1"], &[]);
+    assert!(
+        stderr(&out).contains("--task translate only"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = temp_dir("xtask-not-translation");
+    let out = xtask(
+        &[
+            "translate",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "forty-two",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a translation run"),
+        "{}",
+        stderr(&out)
+    );
+    {
+        let err = stderr(&out);
+        assert!(!err.contains("panicked at"), "{err}");
+    }
+}

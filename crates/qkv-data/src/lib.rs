@@ -20,12 +20,14 @@ mod error;
 pub mod fetch;
 pub mod recall;
 mod tokenizer;
+pub mod translate;
 
 pub use dataset::{Split, TextDataset, TokenBatch, read_text};
 pub use error::DataError;
 pub use fetch::{DataSource, TINY_SHAKESPEARE, tiny_shakespeare};
 pub use recall::RecallTask;
 pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer, WordTokenizer};
+pub use translate::{TranslateError, TranslationBatch, TranslationTask, TranslationVocab};
 
 /// The target value that carries no loss (padding, or positions that are not answers).
 pub const IGNORE: i64 = -1;

@@ -17,6 +17,9 @@ pub enum TrainError {
     /// From weight files.
     #[error(transparent)]
     Weights(#[from] qkv_transformer::WeightsError),
+    /// A sentence the translation model cannot take (unknown word, empty, too long).
+    #[error(transparent)]
+    Translate(#[from] qkv_data::TranslateError),
     /// A file of the run could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -15,6 +15,7 @@ pub mod plot;
 mod schedule;
 mod source;
 mod trainer;
+pub mod translate;
 
 pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfig};
 pub use error::TrainError;

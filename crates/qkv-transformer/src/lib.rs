@@ -27,7 +27,9 @@
 //!   [`GptConfig::shakespeare_char_gpu`], [`GptConfig::gpt2_small`].
 //! * [`Gpt`]: [`forward`](Gpt::forward), [`forward_detailed`](Gpt::forward_detailed) (KV
 //!   caches, recorded attention), [`generate`](Gpt::generate).
-//! * [`cross_entropy`]: the loss.
+//! * [`Seq2Seq`]: the encoder–decoder of "Attention Is All You Need", with greedy and
+//!   beam-search [`translate`](Seq2Seq::translate).
+//! * [`cross_entropy`], [`smoothed_cross_entropy`]: the losses.
 //! * [`weights`]: our safetensors names; [`gpt2`]: Hugging Face GPT-2 import.
 
 mod block;
@@ -40,6 +42,7 @@ mod loss;
 mod mlp;
 mod positional;
 mod sampling;
+mod seq2seq;
 pub mod weights;
 
 pub use block::Block;
@@ -47,10 +50,17 @@ pub use config::{Activation, GptConfig, PositionalEncoding};
 pub use error::{ModelError, WeightsError};
 pub use generate::{Generation, GenerationConfig};
 pub use gpt::{Gpt, GptOutput};
-pub use loss::{cross_entropy, reference_cross_entropy};
+pub use loss::{
+    cross_entropy, reference_cross_entropy, reference_smoothed_cross_entropy,
+    smoothed_cross_entropy,
+};
 pub use mlp::{Mlp, gelu_exact, gelu_tanh};
 pub use positional::sinusoidal_table;
 pub use sampling::{Sampling, SplitMix64, argmax, filtered_probs, sample};
+pub use seq2seq::{
+    DecodeConfig, DecoderCache, DecoderLayer, Encoded, EncoderLayer, Seq2Seq, Seq2SeqConfig,
+    Translation,
+};
 
 #[cfg(test)]
 mod tests;

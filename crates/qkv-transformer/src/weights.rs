@@ -314,3 +314,105 @@ fn io_error(path: &Path, source: std::io::Error) -> WeightsError {
         source,
     }
 }
+
+/// Every float parameter of any module, named by its field path (`encoder.0.self_attn.query.weight`),
+/// copied to the host. Tied or shared parameters appear once per path.
+pub fn module_tensors<M: Module>(module: &M) -> HostTensors {
+    struct Collect {
+        path: Vec<String>,
+        out: HostTensors,
+    }
+    impl burn::module::ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let values = t
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("float parameter");
+            self.out.insert(self.path.join("."), (shape, values));
+        }
+    }
+    let mut visitor = Collect {
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+/// Loads host tensors named as [`module_tensors`] names them into `module`: every parameter
+/// must be present with its shape, and no other tensor may be left over. `path` names the
+/// source in errors.
+pub fn load_module_tensors<M: Module>(
+    module: M,
+    mut tensors: HostTensors,
+    path: &Path,
+) -> Result<M, WeightsError> {
+    struct Load<'a> {
+        path: Vec<String>,
+        tensors: &'a mut HostTensors,
+        shown: String,
+        error: Option<WeightsError>,
+    }
+    impl burn::module::ModuleMapper for Load<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = self.path.join(".");
+            let expected = param.val().dims().to_vec();
+            match self.tensors.remove(&name) {
+                None => {
+                    self.error.get_or_insert(WeightsError::Missing {
+                        name,
+                        expected,
+                        path: self.shown.clone(),
+                    });
+                    param
+                }
+                Some((found, _)) if found != expected => {
+                    self.error.get_or_insert(WeightsError::ShapeMismatch {
+                        name,
+                        found,
+                        expected,
+                        path: self.shown.clone(),
+                    });
+                    param
+                }
+                Some((shape, values)) => param.map(|p| {
+                    let device = p.device();
+                    let tracked = p.is_require_grad();
+                    let t = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+                    if tracked { t.require_grad() } else { t }
+                }),
+            }
+        }
+    }
+    let mut loader = Load {
+        path: Vec::new(),
+        tensors: &mut tensors,
+        shown: path.display().to_string(),
+        error: None,
+    };
+    let module = module.map(&mut loader);
+    if let Some(error) = loader.error {
+        return Err(error);
+    }
+    if !tensors.is_empty() {
+        return Err(WeightsError::Unexpected {
+            names: tensors.into_keys().collect(),
+            path: path.display().to_string(),
+        });
+    }
+    Ok(module)
+}

@@ -50,6 +50,19 @@ pub struct AttentionArgs {
 
 /// Runs `cargo xtask attention`.
 pub fn run(args: AttentionArgs) -> Result<()> {
+    if crate::translate::is_translation_run(&args.checkpoint) {
+        if args.ablate || args.prompt_ids.is_some() || args.layer.is_some() || args.head.is_some() {
+            bail!("on a translation run, attention takes --prompt TEXT (and --out) only");
+        }
+        let Some(text) = &args.prompt else {
+            bail!("give the sentence to translate with --prompt");
+        };
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| args.checkpoint.join("attention"));
+        return crate::translate::cross_attention(&args.checkpoint, text, &out, args.backend);
+    }
     let device = args.backend.check()?;
     let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
     if args.ablate {

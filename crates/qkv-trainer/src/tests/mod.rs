@@ -5,6 +5,7 @@ mod errors;
 mod optim_parity;
 mod recall_heads;
 mod runs;
+mod translate;
 
 use std::sync::{Mutex, MutexGuard};
 

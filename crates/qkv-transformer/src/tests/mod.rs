@@ -3,6 +3,7 @@
 mod generation;
 mod model;
 mod pytorch_parity;
+mod seq2seq;
 mod weights;
 
 use std::path::PathBuf;

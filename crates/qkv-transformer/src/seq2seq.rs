@@ -1,0 +1,839 @@
+//! The encoder–decoder transformer of "Attention Is All You Need" (Vaswani et al. 2017), in
+//! the pre-LayerNorm arrangement: an encoder reads the source with bidirectional
+//! self-attention, a decoder writes the target with causal self-attention plus
+//! cross-attention to the encoder's output. Greedy and beam-search decoding, with a KV cache
+//! for the decoder's self-attention and the cross-attention keys and values computed once
+//! per source.
+
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+};
+use burn::prelude::*;
+use qkv_attention::{KvCache, MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+
+use crate::config::{Activation, PositionalEncoding};
+use crate::error::ModelError;
+use crate::mlp::Mlp;
+use crate::positional::sinusoidal_table;
+
+/// Configuration of a [`Seq2Seq`] model.
+#[derive(Config, Debug)]
+pub struct Seq2SeqConfig {
+    /// Source vocabulary size.
+    pub src_vocab_size: usize,
+    /// Target vocabulary size.
+    pub tgt_vocab_size: usize,
+    /// Longest source, in tokens (end-of-sequence included).
+    pub max_src_len: usize,
+    /// Longest decoder input, in tokens (begin-of-sequence included).
+    pub max_tgt_len: usize,
+    /// Encoder layers.
+    #[config(default = 2)]
+    pub n_encoder_layers: usize,
+    /// Decoder layers.
+    #[config(default = 2)]
+    pub n_decoder_layers: usize,
+    /// Attention heads per layer.
+    #[config(default = 4)]
+    pub n_heads: usize,
+    /// Model width.
+    #[config(default = 128)]
+    pub d_model: usize,
+    /// Feed-forward width as a multiple of `d_model`.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+    /// Dropout on embeddings, attention probabilities and residual branches.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Learned or sinusoidal positions (rotary: applied in the self-attentions only).
+    #[config(default = "PositionalEncoding::Learned")]
+    pub positional: PositionalEncoding,
+    /// One embedding matrix for source, target and the output layer (the vocabularies
+    /// must then be the same size); otherwise the target embedding alone is tied to the
+    /// output layer.
+    #[config(default = true)]
+    pub share_embeddings: bool,
+    /// The padding id, hidden from attention.
+    #[config(default = 0)]
+    pub pad_id: usize,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+}
+
+impl Seq2SeqConfig {
+    /// Checks every value, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
+        if self.src_vocab_size == 0 || self.tgt_vocab_size == 0 {
+            return bad("vocabulary sizes must be at least 1".into());
+        }
+        if self.share_embeddings && self.src_vocab_size != self.tgt_vocab_size {
+            return bad(format!(
+                "share_embeddings needs one vocabulary, but source has {} tokens and target {}",
+                self.src_vocab_size, self.tgt_vocab_size
+            ));
+        }
+        if self.max_src_len == 0 || self.max_tgt_len == 0 {
+            return bad("max_src_len and max_tgt_len must be at least 1".into());
+        }
+        if self.n_encoder_layers == 0 || self.n_decoder_layers == 0 {
+            return bad("the encoder and the decoder need at least one layer each".into());
+        }
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+            return bad(format!(
+                "n_heads ({}) must divide d_model ({})",
+                self.n_heads, self.d_model
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.pad_id >= self.src_vocab_size.min(self.tgt_vocab_size) {
+            return bad(format!("pad_id {} is outside the vocabulary", self.pad_id));
+        }
+        Ok(())
+    }
+
+    /// Builds the model: weights `N(0, 0.02)`, residual output projections
+    /// `N(0, 0.02/√(2·layers))`, biases 0.
+    pub fn try_init(&self, device: &Device) -> Result<Seq2Seq, ModelError> {
+        self.validate()?;
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let rotary = match self.positional {
+            PositionalEncoding::Rotary { base } => Some(base),
+            _ => None,
+        };
+        let layers = self.n_encoder_layers + self.n_decoder_layers;
+        let proj_std = 0.02 / (2.0 * layers as f64).sqrt();
+        let norm = || {
+            LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let attention = |rotary_base: Option<f64>| -> Result<MultiHeadAttention, ModelError> {
+            let mut mha = MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
+                .with_dropout(self.dropout)
+                .with_rotary_base(rotary_base)
+                .with_initializer(normal.clone())
+                .try_init(device)?;
+            mha.query = crate::gpt::zero_bias(mha.query);
+            mha.key = crate::gpt::zero_bias(mha.key);
+            mha.value = crate::gpt::zero_bias(mha.value);
+            mha.output = crate::gpt::zero_bias(mha.output);
+            mha.output.weight = burn::module::Param::from_tensor(Tensor::random(
+                [self.d_model, self.d_model],
+                burn::tensor::Distribution::Normal(0.0, proj_std),
+                device,
+            ));
+            Ok(mha)
+        };
+        let mlp = || {
+            Mlp::new(
+                self.d_model,
+                self.d_model * self.mlp_ratio,
+                true,
+                self.dropout,
+                &Activation::Gelu,
+                proj_std,
+                device,
+            )
+        };
+        let encoder = (0..self.n_encoder_layers)
+            .map(|_| {
+                Ok(EncoderLayer {
+                    ln_1: norm(),
+                    self_attn: attention(rotary)?,
+                    ln_2: norm(),
+                    mlp: mlp(),
+                    dropout: DropoutConfig::new(self.dropout).init(),
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let decoder = (0..self.n_decoder_layers)
+            .map(|_| {
+                Ok(DecoderLayer {
+                    ln_1: norm(),
+                    self_attn: attention(rotary)?,
+                    ln_2: norm(),
+                    cross_attn: attention(None)?,
+                    ln_3: norm(),
+                    mlp: mlp(),
+                    dropout: DropoutConfig::new(self.dropout).init(),
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let embedding = |n| {
+            EmbeddingConfig::new(n, self.d_model)
+                .with_initializer(normal.clone())
+                .init(device)
+        };
+        let learned = self.positional == PositionalEncoding::Learned;
+        Ok(Seq2Seq {
+            src_embedding: embedding(self.src_vocab_size),
+            tgt_embedding: (!self.share_embeddings).then(|| embedding(self.tgt_vocab_size)),
+            src_positions: learned.then(|| embedding(self.max_src_len)),
+            tgt_positions: learned.then(|| embedding(self.max_tgt_len)),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            encoder,
+            encoder_norm: norm(),
+            decoder,
+            decoder_norm: norm(),
+            max_src_len: self.max_src_len,
+            max_tgt_len: self.max_tgt_len,
+            tgt_vocab_size: self.tgt_vocab_size,
+            pad_id: self.pad_id,
+            sinusoidal: self.positional == PositionalEncoding::Sinusoidal,
+        })
+    }
+
+    /// Builds the model.
+    ///
+    /// # Panics
+    /// If the configuration is invalid; use [`try_init`](Self::try_init) for user input.
+    pub fn init(&self, device: &Device) -> Seq2Seq {
+        self.try_init(device)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+}
+
+/// One pre-LN encoder layer: bidirectional self-attention over the source (padding hidden),
+/// then the feed-forward network.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    /// LayerNorm before self-attention.
+    pub ln_1: LayerNorm,
+    /// Bidirectional self-attention.
+    pub self_attn: MultiHeadAttention,
+    /// LayerNorm before the MLP.
+    pub ln_2: LayerNorm,
+    /// The feed-forward network.
+    pub mlp: Mlp,
+    /// Dropout on the attention branch.
+    pub dropout: Dropout,
+}
+
+impl EncoderLayer {
+    /// # Shapes
+    /// - `x`: `[batch, src_len, d_model]` -> `[batch, src_len, d_model]`
+    /// - `src_padding`: `[batch, src_len]`, `true` at padding
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        src_padding: Tensor<2, Bool>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let attended = self.self_attn.try_forward(
+            MhaInput::self_attn(self.ln_1.forward(x.clone())).key_padding(src_padding),
+        )?;
+        let x = x + self.dropout.forward(attended.context);
+        Ok(residual_mlp(x, &self.ln_2, &self.mlp))
+    }
+}
+
+/// One pre-LN decoder layer: causal self-attention, cross-attention to the encoder output,
+/// then the feed-forward network.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// LayerNorm before self-attention.
+    pub ln_1: LayerNorm,
+    /// Causal self-attention over the target so far.
+    pub self_attn: MultiHeadAttention,
+    /// LayerNorm before cross-attention.
+    pub ln_2: LayerNorm,
+    /// Attention from target positions to the encoder's output.
+    pub cross_attn: MultiHeadAttention,
+    /// LayerNorm before the MLP.
+    pub ln_3: LayerNorm,
+    /// The feed-forward network.
+    pub mlp: Mlp,
+    /// Dropout on the attention branches.
+    pub dropout: Dropout,
+}
+
+/// `x + mlp(ln(x))`, with the MLP on 2-D rows.
+fn residual_mlp(x: Tensor<3>, ln: &LayerNorm, mlp: &Mlp) -> Tensor<3> {
+    let [batch, seq, d_model] = x.dims();
+    let normed = ln.forward(x.clone()).reshape([batch * seq, d_model]);
+    x + mlp.forward(normed).reshape([batch, seq, d_model])
+}
+
+impl DecoderLayer {
+    /// # Shapes
+    /// - `x`: `[batch, tgt_new, d_model]` -> `[batch, tgt_new, d_model]`
+    /// - `memory`: `[batch, src_len, d_model]`, `src_padding`: `[batch, src_len]`
+    /// - returned cross-attention probabilities: `[batch, n_heads, tgt_new, src_len]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        memory: Tensor<3>,
+        src_padding: Tensor<2, Bool>,
+        cache: Option<(&mut KvCache, &mut KvCache)>,
+        record_cross: bool,
+    ) -> Result<(Tensor<3>, Option<Tensor<4>>), ModelError> {
+        let self_input = MhaInput::self_attn(self.ln_1.forward(x.clone())).causal();
+        let (self_cache, cross_cache) = match cache {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
+        let attended = match self_cache {
+            Some(c) => self.self_attn.forward_cached(self_input, c)?,
+            None => self.self_attn.try_forward(self_input)?,
+        };
+        let x = x + self.dropout.forward(attended.context);
+        let mut cross_input =
+            MhaInput::cross_attn(self.ln_2.forward(x.clone()), memory).key_padding(src_padding);
+        cross_input.return_probs = record_cross;
+        let crossed = match cross_cache {
+            Some(c) => self.cross_attn.forward_cached(cross_input, c)?,
+            None => self.cross_attn.try_forward(cross_input)?,
+        };
+        let x = x + self.dropout.forward(crossed.context);
+        Ok((residual_mlp(x, &self.ln_3, &self.mlp), crossed.probs))
+    }
+}
+
+/// An encoder–decoder transformer. Built by [`Seq2SeqConfig::init`].
+#[derive(Module, Debug)]
+pub struct Seq2Seq {
+    /// Source token embedding (also the target's and the output layer's when shared).
+    pub src_embedding: Embedding,
+    /// Target token embedding, tied to the output layer; `None` when shared with the source.
+    pub tgt_embedding: Option<Embedding>,
+    /// Learned source positions (with [`PositionalEncoding::Learned`]).
+    pub src_positions: Option<Embedding>,
+    /// Learned target positions (with [`PositionalEncoding::Learned`]).
+    pub tgt_positions: Option<Embedding>,
+    /// Dropout on the embeddings.
+    pub dropout: Dropout,
+    /// The encoder layers.
+    pub encoder: Vec<EncoderLayer>,
+    /// LayerNorm after the encoder.
+    pub encoder_norm: LayerNorm,
+    /// The decoder layers.
+    pub decoder: Vec<DecoderLayer>,
+    /// LayerNorm before the output layer.
+    pub decoder_norm: LayerNorm,
+    /// Longest source.
+    pub max_src_len: usize,
+    /// Longest decoder input.
+    pub max_tgt_len: usize,
+    /// Target vocabulary size.
+    pub tgt_vocab_size: usize,
+    /// The padding id.
+    pub pad_id: usize,
+    /// Whether sinusoidal positions are added.
+    pub sinusoidal: bool,
+}
+
+/// The encoder's output for a batch of sources, ready for the decoder.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `[batch, src_len, d_model]`.
+    pub memory: Tensor<3>,
+    /// `[batch, src_len]`, `true` at padding.
+    pub src_padding: Tensor<2, Bool>,
+}
+
+impl Encoded {
+    /// Keeps (and repeats) batch rows by index, as beam search does.
+    ///
+    /// # Shapes
+    /// `indices`: `[n]` -> an `Encoded` of batch `n`
+    pub fn select(&self, indices: Tensor<1, Int>) -> Self {
+        Self {
+            memory: self.memory.clone().select(0, indices.clone()),
+            src_padding: self.src_padding.clone().select(0, indices),
+        }
+    }
+}
+
+/// Per decoder layer, the self-attention cache and the cross-attention cache (filled from
+/// the encoder output on the first step, then reused).
+#[derive(Debug, Clone, Default)]
+pub struct DecoderCache {
+    /// Self-attention keys and values of the target so far, one per layer.
+    pub self_attn: Vec<KvCache>,
+    /// The encoder output's keys and values, one per layer.
+    pub cross_attn: Vec<KvCache>,
+}
+
+impl DecoderCache {
+    /// How many target positions are cached.
+    pub fn len(&self) -> usize {
+        self.self_attn.first().map_or(0, KvCache::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps (and repeats) batch rows by index, as beam search does.
+    pub fn select(&mut self, indices: Tensor<1, Int>) {
+        for cache in self.self_attn.iter_mut().chain(self.cross_attn.iter_mut()) {
+            if !cache.is_empty() {
+                cache.select_batch(indices.clone());
+            }
+        }
+    }
+}
+
+/// How [`Seq2Seq::translate`] decodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeConfig {
+    /// Beams kept per source; 1 is greedy decoding.
+    pub beam_width: usize,
+    /// GNMT length penalty α: finished hypotheses are ranked by
+    /// `log p / ((5 + len) / 6)^α`; 0 ranks by `log p` alone.
+    pub length_penalty: f64,
+    /// Most tokens to produce (end-of-sequence included); capped by the model's
+    /// `max_tgt_len`.
+    pub max_len: usize,
+    /// Reuse keys and values across steps (default), or recompute the prefix every step.
+    pub use_cache: bool,
+    /// The id that starts every target.
+    pub bos: u32,
+    /// The id that ends a target.
+    pub eos: u32,
+}
+
+impl DecodeConfig {
+    /// Greedy decoding with the cache, up to `max_len` tokens.
+    pub fn greedy(max_len: usize, bos: u32, eos: u32) -> Self {
+        Self {
+            beam_width: 1,
+            length_penalty: 0.0,
+            max_len,
+            use_cache: true,
+            bos,
+            eos,
+        }
+    }
+}
+
+/// One decoded target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    /// The target tokens, without `<bos>` and without the final `<eos>`.
+    pub tokens: Vec<u32>,
+    /// Whether the model ended it with `<eos>` (rather than running out of length).
+    pub finished: bool,
+    /// Summed log-probability of the chosen tokens (`<eos>` included when finished).
+    pub log_prob: f64,
+}
+
+impl Seq2Seq {
+    /// Token plus position embeddings for positions `start..start + len`.
+    fn embed(&self, tokens: Tensor<2, Int>, start: usize, target: bool) -> Tensor<3> {
+        let [_, len] = tokens.dims();
+        let device = tokens.device();
+        let table = match (&self.tgt_embedding, target) {
+            (Some(tgt), true) => tgt,
+            _ => &self.src_embedding,
+        };
+        let mut x = table.forward(tokens);
+        let d_model = x.dims()[2];
+        let positions = if target {
+            &self.tgt_positions
+        } else {
+            &self.src_positions
+        };
+        if let Some(wpe) = positions {
+            let idx = Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &device)
+                .reshape([1, len]);
+            x = x + wpe.forward(idx);
+        } else if self.sinusoidal {
+            // Sinusoids have unit scale; the token embeddings are scaled up to match, as in
+            // the original paper.
+            x = x.mul_scalar((d_model as f64).sqrt())
+                + sinusoidal_table(start, len, d_model, &device).unsqueeze::<3>();
+        }
+        self.dropout.forward(x)
+    }
+
+    fn check_tokens(
+        &self,
+        tokens: &Tensor<2, Int>,
+        max: usize,
+        what: &str,
+    ) -> Result<(), ModelError> {
+        let [batch, len] = tokens.dims();
+        if batch == 0 || len == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "empty {what}, shape [{batch}, {len}]"
+            )));
+        }
+        if len > max {
+            return Err(ModelError::TooLong {
+                len,
+                block_size: max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the encoder. Positions holding `pad_id` are hidden from every attention.
+    ///
+    /// # Shapes
+    /// `src`: `[batch, src_len]` -> memory `[batch, src_len, d_model]`
+    pub fn encode(&self, src: Tensor<2, Int>) -> Result<Encoded, ModelError> {
+        self.check_tokens(&src, self.max_src_len, "source")?;
+        let src_padding = src.clone().equal_elem(self.pad_id as i64);
+        let mut x = self.embed(src, 0, false);
+        for layer in &self.encoder {
+            x = layer.forward(x, src_padding.clone())?;
+        }
+        Ok(Encoded {
+            memory: self.encoder_norm.forward(x),
+            src_padding,
+        })
+    }
+
+    /// Runs the decoder over `tgt` (the decoder input: `<bos>` then the target so far) and
+    /// returns next-token logits, and with `record_cross` every layer's cross-attention
+    /// probabilities. With a cache, `tgt` holds only the new positions.
+    ///
+    /// # Shapes
+    /// - `tgt`: `[batch, tgt_new]` -> logits `[batch, tgt_new, tgt_vocab_size]`
+    /// - cross-attention, per layer: `[batch, n_heads, tgt_new, src_len]`
+    pub fn decode(
+        &self,
+        tgt: Tensor<2, Int>,
+        encoded: &Encoded,
+        mut cache: Option<&mut DecoderCache>,
+        record_cross: bool,
+    ) -> Result<(Tensor<3>, Vec<Tensor<4>>), ModelError> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let [batch, len] = tgt.dims();
+        self.check_tokens(
+            &tgt,
+            self.max_tgt_len - start.min(self.max_tgt_len),
+            "target",
+        )?;
+        if encoded.memory.dims()[0] != batch {
+            return Err(ModelError::InvalidInput(format!(
+                "{batch} targets for {} encoded sources",
+                encoded.memory.dims()[0]
+            )));
+        }
+        if let Some(cache) = cache.as_deref_mut()
+            && cache.self_attn.is_empty()
+        {
+            cache.self_attn = vec![KvCache::new(); self.decoder.len()];
+            cache.cross_attn = vec![KvCache::new(); self.decoder.len()];
+        }
+        let mut x = self.embed(tgt, start, true);
+        let mut cross = Vec::new();
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let layer_cache = cache
+                .as_deref_mut()
+                .map(|c| (&mut c.self_attn[i], &mut c.cross_attn[i]));
+            let (next, probs) = layer.forward(
+                x,
+                encoded.memory.clone(),
+                encoded.src_padding.clone(),
+                layer_cache,
+                record_cross,
+            )?;
+            x = next;
+            cross.extend(probs);
+        }
+        let d_model = x.dims()[2];
+        let x = self.decoder_norm.forward(x).reshape([batch * len, d_model]);
+        let table = self.tgt_embedding.as_ref().unwrap_or(&self.src_embedding);
+        let logits = x.matmul(table.weight.val().transpose());
+        Ok((logits.reshape([batch, len, self.tgt_vocab_size]), cross))
+    }
+
+    /// Teacher-forced logits for training.
+    ///
+    /// # Shapes
+    /// - `src`: `[batch, src_len]`, `tgt`: `[batch, tgt_len]` (decoder input)
+    /// - returns `[batch, tgt_len, tgt_vocab_size]`
+    pub fn forward(
+        &self,
+        src: Tensor<2, Int>,
+        tgt: Tensor<2, Int>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let encoded = self.encode(src)?;
+        Ok(self.decode(tgt, &encoded, None, false)?.0)
+    }
+
+    /// Translates each source (ids ending in `<eos>`, no padding) independently: greedy
+    /// when `beam_width` is 1, beam search otherwise. Sources of different lengths may be
+    /// given together; greedy decoding runs them as one padded batch, and padding never
+    /// changes a sentence's result.
+    pub fn translate(
+        &self,
+        sources: &[Vec<u32>],
+        config: &DecodeConfig,
+        device: &Device,
+    ) -> Result<Vec<Translation>, ModelError> {
+        if config.beam_width == 0 {
+            return Err(ModelError::InvalidInput(
+                "beam_width must be at least 1".into(),
+            ));
+        }
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = sources.iter().position(Vec::is_empty) {
+            return Err(ModelError::InvalidInput(format!("source {i} is empty")));
+        }
+        if config.beam_width == 1 {
+            self.greedy(sources, config, device)
+        } else {
+            sources
+                .iter()
+                .map(|s| self.beam_search(s, config, device))
+                .collect()
+        }
+    }
+
+    /// Source ids padded into one batch.
+    fn source_batch(&self, sources: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+        let len = sources.iter().map(Vec::len).max().unwrap_or(1);
+        let mut ids = vec![self.pad_id as i64; sources.len() * len];
+        for (b, s) in sources.iter().enumerate() {
+            for (i, &t) in s.iter().enumerate() {
+                ids[b * len + i] = t as i64;
+            }
+        }
+        Tensor::from_data(TensorData::new(ids, [sources.len(), len]), device)
+    }
+
+    /// Log-probabilities of the last position of each row, on the host.
+    fn last_log_probs(&self, logits: Tensor<3>) -> Vec<Vec<f64>> {
+        let [batch, len, vocab] = logits.dims();
+        let last = logits
+            .slice([0..batch, len - 1..len, 0..vocab])
+            .reshape([batch, vocab]);
+        let values = last
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("float logits");
+        values
+            .chunks(vocab)
+            .map(|row| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                row.iter().map(|&v| v as f64 - lse).collect()
+            })
+            .collect()
+    }
+
+    /// Greedy decoding of a padded batch of sources (see [`translate`](Self::translate)).
+    pub fn greedy(
+        &self,
+        sources: &[Vec<u32>],
+        config: &DecodeConfig,
+        device: &Device,
+    ) -> Result<Vec<Translation>, ModelError> {
+        let batch = sources.len();
+        let encoded = self.encode(self.source_batch(sources, device))?;
+        let max_len = config.max_len.min(self.max_tgt_len);
+        let mut cache = DecoderCache::default();
+        let mut prefix: Vec<Vec<u32>> = vec![vec![config.bos]; batch];
+        let mut out: Vec<Translation> = (0..batch)
+            .map(|_| Translation {
+                tokens: Vec::new(),
+                finished: false,
+                log_prob: 0.0,
+            })
+            .collect();
+        for _ in 0..max_len {
+            let input = if config.use_cache {
+                prefix
+                    .iter()
+                    .map(|p| *p.last().unwrap() as i64)
+                    .collect::<Vec<_>>()
+            } else {
+                prefix.iter().flatten().map(|&t| t as i64).collect()
+            };
+            let width = if config.use_cache { 1 } else { prefix[0].len() };
+            let tgt = Tensor::from_data(TensorData::new(input, [batch, width]), device);
+            let cache_ref = config.use_cache.then_some(&mut cache);
+            let (logits, _) = self.decode(tgt, &encoded, cache_ref, false)?;
+            for (b, row) in self.last_log_probs(logits).into_iter().enumerate() {
+                let token = argmax(&row);
+                // Finished rows keep decoding (the batch stays rectangular), unrecorded.
+                if !out[b].finished {
+                    out[b].log_prob += row[token as usize];
+                    if token == config.eos {
+                        out[b].finished = true;
+                    } else {
+                        out[b].tokens.push(token);
+                    }
+                }
+                prefix[b].push(token);
+            }
+            if out.iter().all(|t| t.finished) || prefix[0].len() > max_len {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Beam search over one source (ids ending in `<eos>`), with `config.beam_width` beams
+    /// (1 is allowed, and gives exactly what greedy decoding gives). Each step extends every
+    /// beam by its `width + 1` best tokens and keeps the `width` best unfinished candidates;
+    /// a candidate ending in `<eos>` that ranks among the step's best `width` is set aside
+    /// as finished. The search ends when `width`
+    /// hypotheses have finished or `max_len` tokens were produced; the best by length-
+    /// penalised log-probability is returned.
+    pub fn beam_search(
+        &self,
+        source: &[u32],
+        config: &DecodeConfig,
+        device: &Device,
+    ) -> Result<Translation, ModelError> {
+        struct Beam {
+            tokens: Vec<u32>,
+            log_prob: f64,
+        }
+        let width = config.beam_width;
+        let max_len = config.max_len.min(self.max_tgt_len);
+        let penalty = |len: usize| ((5.0 + len as f64) / 6.0).powf(config.length_penalty);
+        let mut encoded = self.encode(self.source_batch(&[source.to_vec()], device))?;
+        let mut cache = DecoderCache::default();
+        let mut alive = vec![Beam {
+            tokens: vec![config.bos],
+            log_prob: 0.0,
+        }];
+        let mut finished: Vec<(f64, Translation)> = Vec::new();
+        for _ in 0..max_len {
+            let n = alive.len();
+            let width_now = if config.use_cache {
+                1
+            } else {
+                alive[0].tokens.len()
+            };
+            let input: Vec<i64> = alive
+                .iter()
+                .flat_map(|b| {
+                    b.tokens[b.tokens.len() - width_now..]
+                        .iter()
+                        .map(|&t| t as i64)
+                })
+                .collect();
+            let tgt = Tensor::from_data(TensorData::new(input, [n, width_now]), device);
+            let cache_ref = config.use_cache.then_some(&mut cache);
+            let (logits, _) = self.decode(tgt, &encoded, cache_ref, false)?;
+            // Every beam's best `width + 1` continuations, best first; ties go to the
+            // earlier beam, then the smaller token id (as greedy's argmax does).
+            // (score, beam, rank within the beam, token)
+            let mut candidates: Vec<(f64, usize, usize, u32)> = Vec::new();
+            for (b, row) in self.last_log_probs(logits).into_iter().enumerate() {
+                let mut order: Vec<u32> = (0..row.len() as u32).collect();
+                order.sort_by(|&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
+                for (rank, &t) in order.iter().take(width + 1).enumerate() {
+                    candidates.push((alive[b].log_prob + row[t as usize], b, rank, t));
+                }
+            }
+            candidates.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+            let mut next = Vec::new();
+            let mut parents = Vec::new();
+            // An `<eos>` candidate finishes a hypothesis only when it ranks among the best
+            // `width` candidates of the step (so width 1 is exactly greedy); the beams are
+            // refilled with the best candidates that do not end.
+            for (rank, (log_prob, b, _, t)) in candidates.into_iter().enumerate() {
+                if t == config.eos {
+                    if rank < width && finished.len() < width {
+                        let tokens = alive[b].tokens[1..].to_vec();
+                        let score = log_prob / penalty(tokens.len() + 1);
+                        finished.push((
+                            score,
+                            Translation {
+                                tokens,
+                                finished: true,
+                                log_prob,
+                            },
+                        ));
+                    }
+                } else if next.len() < width {
+                    let mut tokens = alive[b].tokens.clone();
+                    tokens.push(t);
+                    next.push(Beam { tokens, log_prob });
+                    parents.push(b as i64);
+                }
+                if next.len() == width && finished.len() >= width {
+                    break;
+                }
+            }
+            if finished.len() >= width || next.is_empty() {
+                alive.clear();
+                break;
+            }
+            let indices = Tensor::<1, Int>::from_data(
+                TensorData::new(parents.clone(), [parents.len()]),
+                device,
+            );
+            encoded = encoded.select(indices.clone());
+            if config.use_cache {
+                cache.select(indices);
+            }
+            alive = next;
+        }
+        // Out of length: unfinished beams compete too.
+        for beam in alive {
+            let tokens = beam.tokens[1..].to_vec();
+            let score = beam.log_prob / penalty(tokens.len());
+            finished.push((
+                score,
+                Translation {
+                    tokens,
+                    finished: false,
+                    log_prob: beam.log_prob,
+                },
+            ));
+        }
+        finished
+            .into_iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.0.total_cmp(&b.0).then(j.cmp(i)))
+            .map(|(_, (_, t))| t)
+            .ok_or_else(|| ModelError::InvalidInput("max_len must be at least 1".into()))
+    }
+
+    /// Every decoder layer's cross-attention while reading `target` (tokens without
+    /// `<bos>`/`<eos>`) as the translation of `source`: which source tokens each target
+    /// position looked at.
+    ///
+    /// # Shapes
+    /// per layer `[n_heads, target.len() + 1, source.len()]`: row `i` is the step that chose
+    /// target token `i` (the last row chose `<eos>`).
+    pub fn cross_attention(
+        &self,
+        source: &[u32],
+        target: &[u32],
+        bos: u32,
+        device: &Device,
+    ) -> Result<Vec<Tensor<3>>, ModelError> {
+        let encoded = self.encode(self.source_batch(&[source.to_vec()], device))?;
+        let mut input = vec![bos as i64];
+        input.extend(target.iter().map(|&t| t as i64));
+        let len = input.len();
+        let tgt = Tensor::from_data(TensorData::new(input, [1, len]), device);
+        let (_, cross) = self.decode(tgt, &encoded, None, true)?;
+        Ok(cross.into_iter().map(|p| p.squeeze_dim::<3>(0)).collect())
+    }
+}
+
+/// The index of the largest value (the first, on ties).
+fn argmax(row: &[f64]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
