@@ -37,6 +37,32 @@ pub struct MetricsRecord {
     pub attention: Option<Vec<HeadRecord>>,
 }
 
+impl MetricsRecord {
+    /// The record of one update that took `elapsed_s` seconds over `tokens` tokens, with
+    /// the evaluation fields empty.
+    pub fn update(
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        elapsed_s: f64,
+        tokens: usize,
+    ) -> Self {
+        Self {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            ms_per_iter: elapsed_s * 1e3,
+            tokens_per_s: tokens as f64 / elapsed_s.max(1e-9),
+            train_loss: None,
+            val_loss: None,
+            val_accuracy: None,
+            attention: None,
+        }
+    }
+}
+
 /// Attention statistics of one head at one evaluation (see `qkv_tensor_ops::HeadStats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadRecord {

@@ -263,18 +263,8 @@ impl Trainer {
                 self.config.batch_size * self.config.grad_accum * self.config.model.block_size;
             steps_here += 1;
             tokens_here += tokens;
-            let mut record = MetricsRecord {
-                step: self.step,
-                loss: loss_sum,
-                lr,
-                grad_norm,
-                ms_per_iter: elapsed * 1e3,
-                tokens_per_s: tokens as f64 / elapsed.max(1e-9),
-                train_loss: None,
-                val_loss: None,
-                val_accuracy: None,
-                attention: None,
-            };
+            let mut record =
+                MetricsRecord::update(self.step, loss_sum, lr, grad_norm, elapsed, tokens);
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == end {
                 let (train_loss, _) = self.evaluate(Split::Train);
                 let (val_loss, val_accuracy) = self.evaluate(Split::Val);

@@ -398,18 +398,7 @@ pub fn train_translation(
         step += 1;
         let elapsed = t0.elapsed().as_secs_f64();
         let tokens = batch.batch * (batch.src_len + batch.tgt_len);
-        let mut record = MetricsRecord {
-            step,
-            loss: loss_value,
-            lr,
-            grad_norm,
-            ms_per_iter: elapsed * 1e3,
-            tokens_per_s: tokens as f64 / elapsed.max(1e-9),
-            train_loss: None,
-            val_loss: None,
-            val_accuracy: None,
-            attention: None,
-        };
+        let mut record = MetricsRecord::update(step, loss_value, lr, grad_norm, elapsed, tokens);
         let out_of_time = config
             .time_limit_s
             .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);

@@ -41,28 +41,7 @@ pub fn reference_cross_entropy(
     vocab: usize,
     ignore_index: Option<i64>,
 ) -> f64 {
-    let mut total = 0.0f64;
-    let mut count = 0usize;
-    for (row, &target) in targets.iter().enumerate() {
-        if Some(target) == ignore_index {
-            continue;
-        }
-        let row = &logits[row * vocab..(row + 1) * vocab];
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let log_sum = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
-        total += log_sum - row[target as usize] as f64;
-        count += 1;
-    }
-    if count == 0 {
-        0.0
-    } else {
-        total / count as f64
-    }
+    reference_smoothed_cross_entropy(logits, targets, vocab, ignore_index, 0.0)
 }
 
 /// Cross-entropy with label smoothing (Szegedy et al. 2016, as "Attention Is All You Need"
