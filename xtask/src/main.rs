@@ -18,6 +18,12 @@ mod train;
 mod translate;
 
 use anyhow::Result;
+
+/// mimalloc instead of the system allocator, for this binary only (libraries leave the choice
+/// to the program that uses them): the training step allocates and frees the same large
+/// buffers every iteration, which mimalloc reuses where glibc returns and re-faults them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 /// qkv: the transformer from first principles, on Burn.
