@@ -158,6 +158,9 @@ pub struct TranslateArgs {
     /// Beam width (1 = greedy).
     #[arg(long, default_value_t = 4)]
     beam: usize,
+    /// Beam search's length penalty α: hypotheses rank by log p / ((5 + len) / 6)^α.
+    #[arg(long, default_value_t = 0.6)]
+    length_penalty: f64,
     /// Where to compute: flex, ndarray or wgpu.
     #[arg(long, default_value = "flex")]
     backend: Backend,
@@ -179,7 +182,14 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         bail!("--beam must be at least 1");
     }
     let device = args.backend.check()?;
-    let translator = load_translator(&args.checkpoint, &device)?;
+    if !(args.length_penalty.is_finite() && args.length_penalty >= 0.0) {
+        bail!(
+            "--length-penalty must be a number ≥ 0, got {}",
+            args.length_penalty
+        );
+    }
+    let mut translator = load_translator(&args.checkpoint, &device)?;
+    translator.length_penalty = args.length_penalty;
     for text in &args.text {
         match translator.translate(&[text.as_str()], args.beam) {
             Ok(mut out) => {

@@ -57,6 +57,11 @@ impl Backend {
 
     /// Runs one tiny operation on the backend and reports a clear error when it cannot run,
     /// for instance when wgpu finds no adapter because no Vulkan driver is installed.
+    ///
+    /// While the probe runs, the process's panic hook is replaced by a silent one (the
+    /// failure may panic on a backend worker thread); it is restored before returning.
+    /// Call it once at start-up, as the command line does, not while other threads may
+    /// be panicking.
     pub fn check(self) -> Result<Device, BackendError> {
         let device = self.device();
         // A backend that cannot start panics, possibly on a worker thread (wgpu's device

@@ -21,6 +21,7 @@ use qkv_trainer::optim::{AdamW, AdamWSettings, NamedGrads};
 use qkv_transformer::weights::HostTensors;
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, cross_entropy};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Expands to one test per non-reference backend, each calling `$body(&device)` where the
 /// reference is always Flex.
@@ -40,9 +41,16 @@ macro_rules! against_flex {
     };
 }
 
-/// The device for `backend`, or a failure that says how to make it available.
+/// The device for `backend`, or a failure that says how to make it available. Each backend
+/// is probed once per process, under a lock (the probe swaps the process's panic hook).
 fn device(backend: Backend) -> Device {
-    backend.check().unwrap_or_else(|e| panic!("{e}"))
+    static CHECKED: Mutex<Vec<Backend>> = Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    if !checked.contains(&backend) {
+        backend.check().unwrap_or_else(|e| panic!("{e}"));
+        checked.push(backend);
+    }
+    backend.device()
 }
 
 fn flex() -> Device {

@@ -184,6 +184,8 @@ pub struct Translator {
     pub task: TranslationTask,
     /// The config it was trained with.
     pub config: TranslateConfig,
+    /// GNMT length penalty α of beam search (0.6 when loaded; 0 ranks by log p alone).
+    pub length_penalty: f64,
     device: Device,
 }
 
@@ -194,7 +196,8 @@ impl Translator {
             .encode_source(text, self.task.max_source_tokens())
     }
 
-    /// Translates sentences (greedy when `beam_width` is 1).
+    /// Translates sentences (greedy when `beam_width` is 1; beam search ranks finished
+    /// hypotheses with [`length_penalty`](Self::length_penalty)).
     pub fn translate(
         &self,
         sentences: &[&str],
@@ -206,7 +209,7 @@ impl Translator {
             .collect::<Result<Vec<_>, _>>()?;
         let mut config = DecodeConfig::greedy(self.task.max_target_tokens() + 1, BOS, EOS);
         config.beam_width = beam_width;
-        config.length_penalty = 0.6;
+        config.length_penalty = self.length_penalty;
         let out = self.model.translate(&sources, &config, &self.device)?;
         Ok(out
             .into_iter()
@@ -247,6 +250,7 @@ pub fn load_translator(run_dir: &Path, device: &Device) -> Result<Translator, Tr
         vocab: task.vocabulary(),
         task,
         config,
+        length_penalty: 0.6,
         device: device.clone(),
     })
 }
