@@ -6,24 +6,12 @@
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qkv_benches::{Workload, bench_backends};
+mod common;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 
 fn training(c: &mut Criterion) {
-    for backend in bench_backends() {
-        let device = backend.check().unwrap_or_else(|e| panic!("{e}"));
-        let mut group = c.benchmark_group(format!("{backend}/train_step"));
-        group.sample_size(10);
-        for w in Workload::suite() {
-            let Workload::TrainStep(_) = w else { continue };
-            let mut iteration = w.prepare(&device);
-            group.throughput(Throughput::Elements(w.tokens_per_iter() as u64));
-            group.bench_function(w.id().trim_start_matches("train_step/"), |b| {
-                b.iter(&mut iteration)
-            });
-        }
-        group.finish();
-    }
+    common::bench_prefix(c, "train_step");
 }
 
 criterion_group!(benches, training);

@@ -142,6 +142,7 @@ test_on_cpu_backends!(beam_width_one_is_greedy, |device: &Device| {
         beam_width: 4,
         ..config.clone()
     };
+    let mut compared = 0;
     for (s, g) in sources().iter().zip(&greedy) {
         let b = m.beam_search(s, &wide, device).unwrap();
         assert!(b.tokens.iter().all(|&t| (t as usize) < VOCAB && t != EOS));
@@ -152,8 +153,12 @@ test_on_cpu_backends!(beam_width_one_is_greedy, |device: &Device| {
                 b.log_prob,
                 g.log_prob
             );
+            compared += 1;
         }
     }
+    // With these weights most sentences run to the length limit; at least one must finish
+    // under both, or the comparison above checked nothing.
+    assert!(compared >= 1, "no sentence finished under both decoders");
 });
 
 test_on_cpu_backends!(cached_decoding_equals_recomputing, |device: &Device| {
@@ -273,6 +278,20 @@ test_on_cpu_backends!(bad_input_and_config_get_named_errors, |device: &Device| {
             .unwrap()
             .is_empty()
     );
+    // Cached positions count against the target length: 9 fit, the 10th is named.
+    let one = m.encode(ids(&sources()[..1], device)).unwrap();
+    let mut cache = DecoderCache::default();
+    for _ in 0..9 {
+        m.decode(ids(&[vec![BOS]], device), &one, Some(&mut cache), false)
+            .unwrap();
+    }
+    assert!(matches!(
+        m.decode(ids(&[vec![BOS]], device), &one, Some(&mut cache), false),
+        Err(ModelError::TooLong {
+            len: 10,
+            block_size: 9
+        })
+    ));
     let encoded = m.encode(ids(&sources(), device)).unwrap();
     let err = m
         .decode(ids(&[vec![BOS]], device), &encoded, None, false)
