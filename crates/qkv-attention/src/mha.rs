@@ -301,10 +301,12 @@ impl MultiHeadAttention {
             });
         }
 
-        let dropout_active = self.dropout.prob > 0.0
-            && self.dropout.training.is_enabled()
-            && q.device().is_autodiff();
-        let path = if return_probs || dropout_active {
+        let autodiff = q.device().is_autodiff();
+        let dropout_active =
+            self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && autodiff;
+        // On an autodiff device Burn's attention op runs its decomposed fallback; the explicit
+        // path there is two matmuls around one fused softmax (forward and backward).
+        let path = if return_probs || dropout_active || autodiff {
             AttentionPath::Explicit
         } else {
             AttentionPath::Fused

@@ -23,9 +23,13 @@
 //! * [`reference`](mod@reference) holds deliberately slow, loop-by-loop versions of all of the above. They
 //!   exist only to be obviously right, and every fast path is tested against them.
 //!
-//! Nothing here has parameters, touches files, or names a backend: every function works on
-//! whatever device its tensors live on.
+//! * [`fused`] holds LayerNorm, the scaled causal softmax and GELU as single fused ops with
+//!   hand-written backward passes (kernels on the Flex CPU backend, the explicit path elsewhere).
+//!
+//! Nothing here has parameters or touches files, and every function works on whatever device
+//! its tensors live on; only [`fused`] names a backend, to give Flex its kernels.
 
+pub mod fused;
 pub mod mask;
 pub mod reference;
 pub mod rotary;

@@ -62,16 +62,19 @@ pub fn attention_probs(
     let seq_k = k.dims()[2];
     let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
     // [batch, n_heads, seq_q, seq_k]
-    let scores = q.matmul(k.transpose()).mul_scalar(scale);
+    let scores = q.matmul(k.transpose());
+    let Some(mask) = mask else {
+        // Scale, causal mask and softmax as one op (one kernel and its backward on Flex).
+        return crate::fused::scaled_softmax(scores, scale, causal);
+    };
+    let scores = scores.mul_scalar(scale);
     let device = scores.device();
     let causal = causal.then(|| causal_mask(seq_q, seq_k, &device).reshape([1, 1, seq_q, seq_k]));
-    let mask = match (mask, causal) {
-        (None, None) => None,
-        (Some(m), None) => Some(m),
-        (None, Some(c)) => Some(c),
-        (Some(m), Some(c)) => {
-            let shape = broadcast_shape(m.dims(), c.dims());
-            Some(m.expand(shape).bool_or(c.expand(shape)))
+    let mask = match causal {
+        None => Some(mask),
+        Some(c) => {
+            let shape = broadcast_shape(mask.dims(), c.dims());
+            Some(mask.expand(shape).bool_or(c.expand(shape)))
         }
     };
     masked_softmax(scores, mask)

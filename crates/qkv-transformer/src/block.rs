@@ -1,6 +1,8 @@
 //! One pre-LayerNorm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 
-use burn::nn::{Dropout, LayerNorm};
+use burn::nn::Dropout;
+
+use crate::norm::LayerNorm;
 use burn::prelude::*;
 use qkv_attention::{AttentionError, KvCache, MhaInput, MultiHeadAttention};
 

@@ -4,10 +4,7 @@
 //! The architecture of GPT-2 (Radford et al. 2019), as nanoGPT writes it.
 
 use burn::module::Param;
-use burn::nn::{
-    DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use qkv_attention::{AttentionInspection, KvCache, MhaInput, MultiHeadAttentionConfig};
 
@@ -15,6 +12,7 @@ use crate::block::Block;
 use crate::config::{GptConfig, PositionalEncoding};
 use crate::error::ModelError;
 use crate::mlp::Mlp;
+use crate::norm::LayerNorm;
 use crate::positional::sinusoidal_table;
 
 /// A decoder-only transformer language model. Built by [`GptConfig::init`].
@@ -65,12 +63,7 @@ impl GptConfig {
             PositionalEncoding::Rotary { base } => Some(base),
             _ => None,
         };
-        let layer_norm = || {
-            LayerNormConfig::new(self.d_model)
-                .with_epsilon(self.layer_norm_eps)
-                .with_bias(self.bias)
-                .init(device)
-        };
+        let layer_norm = || LayerNorm::new(self.d_model, self.layer_norm_eps, self.bias, device);
         let blocks = (0..self.n_layers)
             .map(|_| -> Result<Block, ModelError> {
                 let mut attn = MultiHeadAttentionConfig::new(self.d_model, self.n_heads)

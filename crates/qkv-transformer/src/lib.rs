@@ -40,6 +40,7 @@ mod gpt;
 pub mod gpt2;
 mod loss;
 mod mlp;
+mod norm;
 mod positional;
 mod sampling;
 mod seq2seq;
@@ -55,6 +56,7 @@ pub use loss::{
     smoothed_cross_entropy,
 };
 pub use mlp::{Mlp, gelu_exact, gelu_tanh};
+pub use norm::LayerNorm;
 pub use positional::sinusoidal_table;
 pub use sampling::{Sampling, SplitMix64, argmax, filtered_probs, sample};
 pub use seq2seq::{

@@ -2,7 +2,6 @@
 
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use crate::config::Activation;
 
@@ -52,7 +51,7 @@ impl Mlp {
         let hidden = if self.tanh_gelu {
             gelu_tanh(hidden)
         } else {
-            gelu(hidden)
+            qkv_tensor_ops::fused::gelu(hidden)
         };
         self.dropout.forward(self.proj.forward(hidden))
     }

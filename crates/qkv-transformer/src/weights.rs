@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::WeightsError;
 use crate::gpt::Gpt;
+use crate::norm::LayerNorm;
 
 /// Tensors on the host by name: `name -> (shape, values)`.
 pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;

@@ -12,15 +12,14 @@ mod search;
 
 pub use search::{DecodeConfig, Translation};
 
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
 use qkv_attention::{KvCache, MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 
 use crate::config::{Activation, PositionalEncoding};
 use crate::error::ModelError;
 use crate::mlp::Mlp;
+use crate::norm::LayerNorm;
 use crate::positional::sinusoidal_table;
 
 /// Configuration of a [`Seq2Seq`] model.
@@ -116,11 +115,7 @@ impl Seq2SeqConfig {
         };
         let layers = self.n_encoder_layers + self.n_decoder_layers;
         let proj_std = 0.02 / (2.0 * layers as f64).sqrt();
-        let norm = || {
-            LayerNormConfig::new(self.d_model)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
+        let norm = || LayerNorm::new(self.d_model, self.layer_norm_eps, true, device);
         let attention = |rotary_base: Option<f64>| -> Result<MultiHeadAttention, ModelError> {
             let mut mha = MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
                 .with_dropout(self.dropout)

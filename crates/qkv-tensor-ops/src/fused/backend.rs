@@ -1,0 +1,276 @@
+//! The Burn glue of the fused ops: a backend extension trait, its Flex implementation on top of
+//! [`super::kernels`], and its autodiff implementation, where each op is one graph node whose
+//! backward pass calls the matching backward kernel.
+//!
+//! Only Flex (and autodiff over Flex) is routed here; [`super::has_fused_kernels`] keeps every
+//! other device on the explicit path before the extension is ever called.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Shape, TensorData};
+
+use super::kernels;
+
+/// The fused ops as a Burn backend extension. Each forward op has a backward op that its
+/// autodiff node calls; the backward ops are not themselves differentiable.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// LayerNorm over the last dimension. `x`: `[..., d]`; `gamma`, `beta`: `[d]`.
+    fn qkv_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+
+    /// Masked softmax of `scores · scale` over the last dimension. `scores`:
+    /// `[batch, n_heads, seq_q, seq_k]`.
+    fn qkv_scaled_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool)
+    -> FloatTensor<Self>;
+
+    /// Exact GELU, elementwise.
+    fn qkv_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// The backward kernels the autodiff implementation of [`FusedOps`] calls on its inner backend.
+pub trait FusedBackward: Backend {
+    /// LayerNorm's backward pass: `(dx, dgamma, dbeta)` from `x`, `gamma` and `dy`.
+    fn qkv_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The scaled softmax's backward pass from its output `probs` and `dprobs`.
+    fn qkv_scaled_softmax_backward(
+        probs: FloatTensor<Self>,
+        dprobs: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
+
+    /// GELU's backward pass from its input `x` and `dy`.
+    fn qkv_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// A contiguous copy of `t` unless it is contiguous already (then `t` itself, no copy).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "fused kernels take f32 tensors");
+    if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The elements of a tensor made by [`contiguous`].
+fn elems(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("a contiguous f32 tensor has a slice view")
+}
+
+/// A new Flex tensor owning `data`, shaped `shape`.
+fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// The last dimension of `shape`.
+fn last_dim(shape: &Shape) -> usize {
+    shape[shape.num_dims() - 1]
+}
+
+impl FusedOps for Flex {
+    fn qkv_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f64) -> FlexTensor {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let shape = x.shape();
+        let mut out = vec![0.0; shape.num_elements()];
+        kernels::layer_norm_forward(elems(&x), elems(&gamma), elems(&beta), eps as f32, &mut out);
+        tensor(out, shape)
+    }
+
+    fn qkv_scaled_softmax(scores: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
+        let scores = contiguous(scores);
+        let shape = scores.shape();
+        let (seq_q, seq_k) = (shape[shape.num_dims() - 2], last_dim(&shape));
+        let mut out = vec![0.0; shape.num_elements()];
+        kernels::scaled_softmax_forward(
+            elems(&scores),
+            seq_q,
+            seq_k,
+            scale as f32,
+            causal,
+            &mut out,
+        );
+        tensor(out, shape)
+    }
+
+    fn qkv_gelu(x: FlexTensor) -> FlexTensor {
+        let x = contiguous(x);
+        let shape = x.shape();
+        let mut out = vec![0.0; shape.num_elements()];
+        kernels::gelu_forward(elems(&x), &mut out);
+        tensor(out, shape)
+    }
+}
+
+impl FusedBackward for Flex {
+    fn qkv_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        dy: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (x, gamma, dy) = (contiguous(x), contiguous(gamma), contiguous(dy));
+        let shape = x.shape();
+        let d = last_dim(&shape);
+        let mut dx = vec![0.0; shape.num_elements()];
+        let (dgamma, dbeta) =
+            kernels::layer_norm_backward(elems(&x), elems(&gamma), elems(&dy), eps as f32, &mut dx);
+        (
+            tensor(dx, shape),
+            tensor(dgamma, Shape::new([d])),
+            tensor(dbeta, Shape::new([d])),
+        )
+    }
+
+    fn qkv_scaled_softmax_backward(
+        probs: FlexTensor,
+        dprobs: FlexTensor,
+        scale: f64,
+    ) -> FlexTensor {
+        let (probs, dprobs) = (contiguous(probs), contiguous(dprobs));
+        let shape = probs.shape();
+        let mut ds = vec![0.0; shape.num_elements()];
+        kernels::scaled_softmax_backward(
+            elems(&probs),
+            elems(&dprobs),
+            last_dim(&shape),
+            scale as f32,
+            &mut ds,
+        );
+        tensor(ds, shape)
+    }
+
+    fn qkv_gelu_backward(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let (x, dy) = (contiguous(x), contiguous(dy));
+        let shape = x.shape();
+        let mut dx = vec![0.0; shape.num_elements()];
+        kernels::gelu_backward(elems(&x), elems(&dy), &mut dx);
+        tensor(dx, shape)
+    }
+}
+
+/// LayerNorm's autodiff node: keeps `x` and `gamma` (shared buffers, not copies) and `eps`.
+#[derive(Debug)]
+struct LayerNormNode;
+
+impl<B: FusedBackward> Backward<B, 3> for LayerNormNode {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, gamma, eps) = ops.state;
+        let (dx, dgamma, dbeta) = B::qkv_layer_norm_backward(x, gamma, dy, eps);
+        for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The scaled softmax's autodiff node: keeps its output and the scale.
+#[derive(Debug)]
+struct ScaledSoftmaxNode;
+
+impl<B: FusedBackward> Backward<B, 1> for ScaledSoftmaxNode {
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dprobs = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            let (probs, scale) = ops.state;
+            grads.register::<B>(
+                node.id,
+                B::qkv_scaled_softmax_backward(probs, dprobs, scale),
+            );
+        }
+    }
+}
+
+/// GELU's autodiff node: keeps its input.
+#[derive(Debug)]
+struct GeluNode;
+
+impl<B: FusedBackward> Backward<B, 1> for GeluNode {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::qkv_gelu_backward(ops.state, dy));
+        }
+    }
+}
+
+impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn qkv_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let prep = LayerNormNode
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::qkv_layer_norm(x.clone(), gamma.clone(), beta, eps);
+                prep.finish((x, gamma, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_layer_norm(x, gamma, beta, eps)),
+        }
+    }
+
+    fn qkv_scaled_softmax(
+        scores: FloatTensor<Self>,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let prep = ScaledSoftmaxNode
+            .prepare::<C>([scores.node()])
+            .compute_bound()
+            .stateful();
+        let out = B::qkv_scaled_softmax(scores.into_primitive(), scale, causal);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((out.clone(), scale), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn qkv_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = GeluNode.prepare::<C>([x.node()]).compute_bound().stateful();
+        let x = x.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::qkv_gelu(x.clone());
+                prep.finish(x, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu(x)),
+        }
+    }
+}

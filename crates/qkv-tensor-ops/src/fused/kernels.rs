@@ -1,0 +1,356 @@
+//! The fused kernels: plain Rust over contiguous `f32` slices, parallel over rows with rayon.
+//!
+//! Inner loops are written branch-free over fixed-width lanes so the compiler vectorises them;
+//! `exp` and `erf` are polynomial approximations for the same reason (libm's scalar `expf` and
+//! `erff` cannot be vectorised). Every function here is checked against the explicit tensor-op
+//! path in the tests of [`super`].
+
+use rayon::prelude::*;
+
+/// Elements per rayon task: enough work to pay for the task, small enough to share two cores
+/// on the model sizes this project trains.
+const TASK_ELEMS: usize = 16 * 1024;
+
+/// How many rows of `row_len` elements one rayon task takes.
+fn rows_per_task(row_len: usize) -> usize {
+    (TASK_ELEMS / row_len.max(1)).max(1)
+}
+
+/// Lanes of the accumulators below: eight `f32` fill one AVX register, two SSE registers.
+const LANES: usize = 8;
+
+/// `Σ xs`, summed in [`LANES`] independent accumulators so that it vectorises.
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// `Σ (x - mean)²`, vectorised as [`sum`].
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            let d = c[l] - mean;
+            acc[l] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>()
+}
+
+/// `max xs` (−∞ for an empty slice), vectorised as [`sum`].
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    acc.iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+/// `e^x` for `f32`, branch-free so that loops over it vectorise: Cody–Waite range reduction
+/// `x = n·ln2 + r`, a degree-7 polynomial for `e^r` on `|r| ≤ ln2/2` (the Cephes `expf`
+/// coefficients), and `2^n` built from the exponent bits. Relative error about 1e-7. Inputs
+/// are clamped to `[-87.3, 88.7]`, so `e^-∞` gives about 1e-38 rather than 0: callers that
+/// need exact zeros (masked attention) do not call it on those entries.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer in the FPU's own mode.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    let two_n = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    e_r * two_n
+}
+
+/// The standard normal CDF `Φ(x)` and density `φ(x)` together (they share `e^{-x²/2}`).
+/// `erf` is Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7; with `f32` rounding both
+/// results are within 3e-7 of the exact values).
+#[inline(always)]
+fn normal_cdf_pdf(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152;
+    const A5: f32 = 1.061_405_4;
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let e = exp(-0.5 * x * x); // e^{-z²}
+    let t = 1.0 / (1.0 + P * z.abs());
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let erf = (1.0 - poly * e).copysign(z);
+    let inv_sqrt_2pi = 0.398_942_3;
+    (0.5 * (1.0 + erf), inv_sqrt_2pi * e)
+}
+
+/// Exact GELU, `x·Φ(x)`, elementwise: `out[i] = gelu(x[i])`.
+pub fn gelu_forward(x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS))
+        .for_each(|(out, x)| {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = x * normal_cdf_pdf(x).0;
+            }
+        });
+}
+
+/// GELU's backward pass: `dx[i] = dy[i] · (Φ(x[i]) + x[i]·φ(x[i]))`.
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
+        .for_each(|(dx, (x, dy))| {
+            for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                let (cdf, pdf) = normal_cdf_pdf(x);
+                *o = g * (cdf + x * pdf);
+            }
+        });
+}
+
+/// Mean and `1/sqrt(var + eps)` of one row (biased variance, two passes for accuracy).
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = sum(x) / d;
+    let var = sum_sq_dev(x, mean) / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm forward over rows of `d = gamma.len()`: `out = (x - mean)·rstd·gamma + beta`.
+pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let d = gamma.len();
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(out, x)| {
+            for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, rstd) = row_stats(x, eps);
+                for j in 0..d {
+                    out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+                }
+            }
+        });
+}
+
+/// LayerNorm backward over rows of `d = gamma.len()`. With `x̂ = (x - mean)·rstd` and
+/// `g = dy·gamma`: `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`, `dgamma = Σ_rows dy·x̂`,
+/// `dbeta = Σ_rows dy`. Writes `dx`; returns `(dgamma, dbeta)`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let chunk = rows_per_task(d) * d;
+    let zeros = || (vec![0.0f32; d], vec![0.0f32; d]);
+    dx.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(dx, (x, dy))| {
+            let (mut dgamma, mut dbeta) = zeros();
+            let mut xhat = vec![0.0f32; d];
+            let mut g = vec![0.0f32; d];
+            for ((dx, x), dy) in dx
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(dy.chunks_exact(d))
+            {
+                let (mean, rstd) = row_stats(x, eps);
+                for j in 0..d {
+                    xhat[j] = (x[j] - mean) * rstd;
+                    g[j] = dy[j] * gamma[j];
+                    dgamma[j] += dy[j] * xhat[j];
+                    dbeta[j] += dy[j];
+                }
+                let mean_g = sum(&g) / d as f32;
+                let mut acc = [0.0f32; LANES];
+                let pairs = g.chunks_exact(LANES).zip(xhat.chunks_exact(LANES));
+                for (g, h) in pairs {
+                    for l in 0..LANES {
+                        acc[l] += g[l] * h[l];
+                    }
+                }
+                let tail = d - d % LANES;
+                let dot = acc.iter().sum::<f32>() + (tail..d).map(|j| g[j] * xhat[j]).sum::<f32>();
+                let mean_gx = dot / d as f32;
+                for j in 0..d {
+                    dx[j] = rstd * (g[j] - mean_g - xhat[j] * mean_gx);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
+            for j in 0..d {
+                ga[j] += gb[j];
+                ba[j] += bb[j];
+            }
+            (ga, ba)
+        })
+}
+
+/// How many keys query row `i` of `seq_q` may see: all `seq_k` without `causal`, else
+/// `i + 1 + seq_k - seq_q` (bottom-right alignment), clamped to `0..=seq_k`.
+fn visible_keys(i: usize, seq_q: usize, seq_k: usize, causal: bool) -> usize {
+    if !causal {
+        return seq_k;
+    }
+    (i as isize + 1 + seq_k as isize - seq_q as isize).clamp(0, seq_k as isize) as usize
+}
+
+/// Softmax of `scores·scale` over rows of `seq_k`, where row `r` is query `r % seq_q`; hidden
+/// keys (see [`visible_keys`]) get exactly 0, and a row with no visible key is all zeros.
+pub fn scaled_softmax_forward(
+    scores: &[f32],
+    seq_q: usize,
+    seq_k: usize,
+    scale: f32,
+    causal: bool,
+    out: &mut [f32],
+) {
+    let chunk = rows_per_task(seq_k) * seq_k;
+    out.par_chunks_mut(chunk)
+        .zip(scores.par_chunks(chunk))
+        .enumerate()
+        .for_each(|(task, (out, scores))| {
+            let first_row = task * (chunk / seq_k);
+            let rows = out.chunks_exact_mut(seq_k).zip(scores.chunks_exact(seq_k));
+            for (r, (out, s)) in rows.enumerate() {
+                let n = visible_keys((first_row + r) % seq_q, seq_q, seq_k, causal);
+                let (seen, hidden) = out.split_at_mut(n);
+                hidden.fill(0.0);
+                if n == 0 {
+                    continue;
+                }
+                let m = max(&s[..n]) * scale;
+                for (o, &s) in seen.iter_mut().zip(&s[..n]) {
+                    *o = exp(s * scale - m);
+                }
+                let inv = 1.0 / sum(seen);
+                for o in seen.iter_mut() {
+                    *o *= inv;
+                }
+            }
+        });
+}
+
+/// Backward of [`scaled_softmax_forward`] from its output `probs`:
+/// `dscores = scale · p ∘ (dp − Σ_row dp∘p)`. Hidden keys have `p = 0`, so they get 0.
+pub fn scaled_softmax_backward(
+    probs: &[f32],
+    dprobs: &[f32],
+    seq_k: usize,
+    scale: f32,
+    dscores: &mut [f32],
+) {
+    let chunk = rows_per_task(seq_k) * seq_k;
+    dscores
+        .par_chunks_mut(chunk)
+        .zip(probs.par_chunks(chunk).zip(dprobs.par_chunks(chunk)))
+        .for_each(|(ds, (p, dp))| {
+            let rows = ds
+                .chunks_exact_mut(seq_k)
+                .zip(p.chunks_exact(seq_k))
+                .zip(dp.chunks_exact(seq_k));
+            for ((ds, p), dp) in rows {
+                let mut acc = [0.0f32; LANES];
+                for (p, dp) in p.chunks_exact(LANES).zip(dp.chunks_exact(LANES)) {
+                    for l in 0..LANES {
+                        acc[l] += p[l] * dp[l];
+                    }
+                }
+                let tail = seq_k - seq_k % LANES;
+                let dot =
+                    acc.iter().sum::<f32>() + (tail..seq_k).map(|j| p[j] * dp[j]).sum::<f32>();
+                for j in 0..seq_k {
+                    ds[j] = scale * p[j] * (dp[j] - dot);
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_scale_of_std() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = x.exp();
+            let rel = ((exp(x) - want) / want).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn normal_cdf_and_pdf_match_f64_within_3e7() {
+        let mut worst = 0.0f64;
+        let mut x = -9.0f32;
+        while x < 9.0 {
+            let (cdf, pdf) = normal_cdf_pdf(x);
+            let xd = x as f64;
+            let want_cdf = 0.5 * (1.0 + libm_erf(xd / std::f64::consts::SQRT_2));
+            let want_pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            worst = worst.max((cdf as f64 - want_cdf).abs());
+            worst = worst.max((pdf as f64 - want_pdf).abs());
+            x += 0.001;
+        }
+        assert!(worst < 3e-7, "worst absolute error {worst}");
+    }
+
+    /// `erf` in f64 by its Maclaurin series (|x| < 3) or continued fraction: slow and obvious.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() < 3.0 {
+            let mut term = x;
+            let mut total = x;
+            for n in 1..200 {
+                term *= -x * x / n as f64;
+                total += term / (2 * n + 1) as f64;
+            }
+            2.0 / std::f64::consts::PI.sqrt() * total
+        } else {
+            // erfc(x) ≈ e^{-x²}/(x√π) · (1 - 1/(2x²) + 3/(4x⁴) - 15/(8x⁶)), ample at |x| ≥ 3.
+            let a = x.abs();
+            let x2 = a * a;
+            let erfc = (-x2).exp() / (a * std::f64::consts::PI.sqrt())
+                * (1.0 - 1.0 / (2.0 * x2) + 3.0 / (4.0 * x2 * x2) - 15.0 / (8.0 * x2 * x2 * x2));
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn visible_keys_aligns_bottom_right() {
+        assert_eq!(visible_keys(0, 4, 4, true), 1);
+        assert_eq!(visible_keys(3, 4, 4, true), 4);
+        assert_eq!(visible_keys(0, 1, 9, true), 9);
+        assert_eq!(visible_keys(0, 3, 2, true), 0);
+        assert_eq!(visible_keys(0, 3, 2, false), 2);
+    }
+}

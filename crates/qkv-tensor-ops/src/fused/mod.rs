@@ -1,0 +1,125 @@
+//! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
+//! of attention, and exact GELU.
+//!
+//! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
+//! on the forward pass and about twenty on the backward pass, each with its own output buffer
+//! and its own pass over memory. Here each is one kernel forward and one backward, registered
+//! with Burn's autodiff as a single node.
+//!
+//! Where the kernels run: on the Flex CPU backend (with or without autodiff), for `f32`
+//! tensors. On every other device, and for other dtypes, the public functions below run the
+//! explicit tensor-op path instead, so callers never need to know. The explicit path is also
+//! the oracle: the tests check values and gradients of every fused op against it.
+//!
+//! The kernels are plain Rust over contiguous `f32` slices ([`kernels`]), parallel over rows
+//! with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`].
+
+pub mod backend;
+pub mod kernels;
+
+use burn::backend::DispatchDevice;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::softmax;
+
+use crate::mask::causal_mask;
+use backend::FusedOps;
+use burn::backend::Dispatch;
+
+/// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or
+/// without autodiff) and `f32`.
+pub fn has_fused_kernels(device: &Device, dtype: DType) -> bool {
+    if dtype != DType::F32 {
+        return false;
+    }
+    matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
+/// biased variance, as `torch.nn.LayerNorm` and Burn's `LayerNorm` compute it.
+///
+/// - `x`: `[..., d]`
+/// - `gamma`, `beta`: `[d]`
+/// - returns `[..., d]`
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    eps: f64,
+) -> Tensor<D> {
+    if !has_fused_kernels(&x.device(), x.dtype()) {
+        return layer_norm_explicit(x, gamma, beta, eps);
+    }
+    let beta = beta.unwrap_or_else(|| gamma.zeros_like());
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    ))
+}
+
+/// The explicit LayerNorm: mean, centre, variance, normalise, scale and shift as separate ops.
+/// It is the oracle for [`layer_norm`] and the path on devices without fused kernels.
+pub fn layer_norm_explicit<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    eps: f64,
+) -> Tensor<D> {
+    let last = D - 1;
+    let mean = x.clone().mean_dim(last);
+    let centred = x - mean;
+    let var = centred.clone().square().mean_dim(last);
+    let normed = centred / var.add_scalar(eps).sqrt();
+    let d = gamma.dims()[0];
+    let mut shape = [1; D];
+    shape[last] = d;
+    let y = normed * gamma.reshape(shape);
+    match beta {
+        Some(beta) => y + beta.reshape(shape),
+        None => y,
+    }
+}
+
+/// `softmax(scores · scale)` over the last dimension, with each query's future keys hidden
+/// when `causal` is set (aligned bottom-right, as [`causal_mask`]: query `i` of `seq_q` sees
+/// keys `0..=i + seq_k - seq_q`). Hidden entries are exactly 0.
+///
+/// - `scores`: `[batch, n_heads, seq_q, seq_k]` (raw `Q·Kᵀ`, before scaling)
+/// - returns `[batch, n_heads, seq_q, seq_k]`
+pub fn scaled_softmax(scores: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    if !has_fused_kernels(&scores.device(), scores.dtype()) {
+        return scaled_softmax_explicit(scores, scale, causal);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_scaled_softmax(
+        scores.into_dispatch(),
+        scale,
+        causal,
+    ))
+}
+
+/// The explicit form of [`scaled_softmax`]: scale, fill the causal mask with −∞, softmax.
+pub fn scaled_softmax_explicit(scores: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    let [_, _, seq_q, seq_k] = scores.dims();
+    let scores = scores.mul_scalar(scale);
+    if !causal {
+        return softmax(scores, 3);
+    }
+    let mask = causal_mask(seq_q, seq_k, &scores.device()).reshape([1, 1, seq_q, seq_k]);
+    crate::softmax::masked_softmax(scores, Some(mask))
+}
+
+/// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, with an `erf` written so the compiler can
+/// vectorise it (`Φ` within 3e-7 of exact).
+///
+/// - `x`: any shape; returns the same shape
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !has_fused_kernels(&x.device(), x.dtype()) {
+        return burn::tensor::activation::gelu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_gelu(x.into_dispatch()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Parity of every fused op with its explicit path: values and gradients, on Flex with and
+//! without autodiff (the kernels) and on NdArray (which takes the explicit path itself).
+
+use super::*;
+use qkv_test_support::{SeededRng, assert_close, random_tensor, values};
+
+/// Flex with autodiff, the device training runs on.
+fn flex_autodiff() -> Device {
+    qkv_test_support::flex().autodiff()
+}
+
+/// Runs `op` forward and backward (loss = Σ output ∘ weights) on `inputs`; returns the output
+/// values and each input's gradient.
+fn forward_backward<const D: usize, const N: usize>(
+    inputs: [Tensor<D>; N],
+    op: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    weights_seed: u64,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let inputs = inputs.map(|t| t.require_grad());
+    let out = op(inputs.clone());
+    let device = out.device();
+    let weights = random_tensor(&mut SeededRng::new(weights_seed), out.dims(), 1.0, &device);
+    let grads = (out.clone() * weights).sum().backward();
+    let grads = inputs
+        .iter()
+        .map(|t| values(t.grad(&grads).expect("input is tracked")))
+        .collect();
+    (values(out), grads)
+}
+
+/// Both paths of one op on `device`, compared within `tol` (values and gradients).
+fn check_parity<const D: usize, const N: usize>(
+    what: &str,
+    inputs: [Tensor<D>; N],
+    fused: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    explicit: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    tol: f32,
+) {
+    let (fv, fg) = forward_backward(inputs.clone(), fused, 99);
+    let (ev, eg) = forward_backward(inputs, explicit, 99);
+    assert_close(&fv, &ev, tol, &format!("{what}: values"));
+    for (i, (f, e)) in fg.iter().zip(&eg).enumerate() {
+        let scale = e.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        assert_close(f, e, tol * scale, &format!("{what}: gradient of input {i}"));
+    }
+}
+
+#[test]
+fn kernels_serve_flex_only() {
+    assert!(has_fused_kernels(&flex_autodiff(), DType::F32));
+    assert!(has_fused_kernels(&qkv_test_support::flex(), DType::F32));
+    assert!(!has_fused_kernels(&qkv_test_support::ndarray(), DType::F32));
+    assert!(!has_fused_kernels(&qkv_test_support::flex(), DType::F64));
+}
+
+#[test]
+fn layer_norm_matches_explicit_values_and_gradients() {
+    // d = 37 exercises the lane remainder; the offset mean tests the two-pass variance.
+    for (rows, d) in [(6, 37), (50, 128), (3, 8)] {
+        let device = flex_autodiff();
+        let mut rng = SeededRng::new(d as u64);
+        let x = random_tensor(&mut rng, [2, rows, d], 3.0, &device).add_scalar(5.0);
+        let gamma = random_tensor(&mut rng, [1, 1, d], 1.0, &device).add_scalar(1.0);
+        let beta = random_tensor(&mut rng, [1, 1, d], 1.0, &device);
+        let eps = 1e-5;
+        let flat = |t: Tensor<3>| t.reshape([d]);
+        check_parity(
+            &format!("layer_norm {rows}x{d}"),
+            [x, gamma, beta],
+            |[x, g, b]| layer_norm(x, flat(g), Some(flat(b)), eps),
+            |[x, g, b]| layer_norm_explicit(x, flat(g), Some(flat(b)), eps),
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_without_beta_and_off_flex() {
+    for device in [qkv_test_support::flex(), qkv_test_support::ndarray()] {
+        let mut rng = SeededRng::new(3);
+        let x = random_tensor(&mut rng, [5, 16], 2.0, &device);
+        let gamma = random_tensor(&mut rng, [16], 1.0, &device);
+        let got = values(layer_norm(x.clone(), gamma.clone(), None, 1e-5));
+        let want = values(burn::tensor::module::layer_norm(x, gamma, None, 1e-5));
+        assert_close(&got, &want, 2e-5, "layer_norm without beta vs Burn's op");
+    }
+}
+
+#[test]
+fn scaled_softmax_matches_explicit_values_and_gradients() {
+    // Square causal, decode-style (fewer queries than keys), odd lengths, and no mask.
+    for (seq_q, seq_k, causal) in [(9, 9, true), (3, 11, true), (5, 7, false), (64, 64, true)] {
+        let device = flex_autodiff();
+        let mut rng = SeededRng::new((seq_q * 100 + seq_k) as u64);
+        let scores = random_tensor(&mut rng, [2, 3, seq_q, seq_k], 4.0, &device);
+        let scale = 0.35;
+        check_parity(
+            &format!("scaled_softmax {seq_q}x{seq_k} causal={causal}"),
+            [scores],
+            |[s]| scaled_softmax(s, scale, causal),
+            |[s]| scaled_softmax_explicit(s, scale, causal),
+            2e-6,
+        );
+    }
+}
+
+#[test]
+fn scaled_softmax_hides_future_keys_exactly_and_rows_sum_to_one() {
+    let device = qkv_test_support::flex();
+    let (seq_q, seq_k) = (4, 6);
+    let scores = random_tensor(&mut SeededRng::new(1), [1, 1, seq_q, seq_k], 50.0, &device);
+    let p = values(scaled_softmax(scores, 1.0, true));
+    for i in 0..seq_q {
+        let row = &p[i * seq_k..(i + 1) * seq_k];
+        let visible = i + 1 + seq_k - seq_q;
+        assert!(row[visible..].iter().all(|&x| x == 0.0), "row {i}: {row:?}");
+        let total: f32 = row.iter().sum();
+        assert!((total - 1.0).abs() < 1e-6, "row {i} sums to {total}");
+    }
+}
+
+#[test]
+fn scaled_softmax_off_flex_is_the_explicit_path() {
+    let device = qkv_test_support::ndarray();
+    let scores = random_tensor(&mut SeededRng::new(2), [2, 2, 5, 5], 3.0, &device);
+    let got = values(scaled_softmax(scores.clone(), 0.5, true));
+    let want = values(scaled_softmax_explicit(scores, 0.5, true));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn gelu_matches_explicit_values_and_gradients() {
+    let device = flex_autodiff();
+    // Wide range: the tails of erf and the exp clamp both matter.
+    let x = random_tensor(&mut SeededRng::new(5), [7, 301], 12.0, &device);
+    check_parity(
+        "gelu",
+        [x],
+        |[x]| gelu(x),
+        |[x]| burn::tensor::activation::gelu(x),
+        1e-6,
+    );
+}
