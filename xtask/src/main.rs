@@ -24,6 +24,28 @@ use anyhow::Result;
 /// buffers every iteration, which mimalloc reuses where glibc returns and re-faults them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (include/mimalloc.h); the Rust
+/// bindings leave it unnamed.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to hand freed memory back to the operating system. A training step
+/// frees and re-allocates the same large buffers (at 6/6/384, batch 64: 100 MB attention
+/// matrices per layer); returned to the OS, every one of them comes back as fresh pages that
+/// the kernel must fault in and zero, which measured 28% of all CPU time at that size. Kept,
+/// the step is 30% faster (18.1 s -> 12.5 s here). Peak memory is unchanged: only memory
+/// the process already held is kept.
+///
+/// The one `unsafe` block of the project (xtask's lints deny `unsafe_code`; the libraries
+/// forbid it): a call into mimalloc's C API.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: `mi_option_set` stores one integer in mimalloc's option table. It is called
+    // first thing in `main`, before this program starts any thread, so nothing reads the
+    // table concurrently (the one condition mimalloc documents for it).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 use clap::{Parser, Subcommand};
 
 /// qkv: the transformer from first principles, on Burn.
@@ -51,6 +73,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Train(args) => train::run(*args),
