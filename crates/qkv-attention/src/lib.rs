@@ -33,11 +33,13 @@
 
 mod cache;
 mod config;
+mod dropout;
 mod error;
 mod mha;
 
 pub use cache::KvCache;
 pub use config::MultiHeadAttentionConfig;
+pub use dropout::dropout;
 pub use error::AttentionError;
 pub use mha::{AttentionInspection, MhaInput, MhaOutput, MultiHeadAttention};
 

@@ -316,7 +316,7 @@ impl MultiHeadAttention {
         let (heads, probs) = match path {
             AttentionPath::Explicit => {
                 let probs = qkv_tensor_ops::attention_probs(q, k, mask, causal, None);
-                let context = self.dropout.forward(probs.clone()).matmul(v);
+                let context = crate::dropout(&self.dropout, probs.clone()).matmul(v);
                 (context, return_probs.then_some(probs))
             }
             AttentionPath::Fused => {

@@ -39,7 +39,7 @@ impl Block {
             Some(cache) => self.attn.forward_cached(input, cache)?,
             None => self.attn.try_forward(input)?,
         };
-        let x = x + self.attn_dropout.forward(attended.context);
+        let x = x + qkv_attention::dropout(&self.attn_dropout, attended.context);
         let [batch, seq, d_model] = x.dims();
         let normed = self.ln_2.forward(x.clone()).reshape([batch * seq, d_model]);
         let x = x + self.mlp.forward(normed).reshape([batch, seq, d_model]);

@@ -175,7 +175,7 @@ impl Gpt {
         } else if self.sinusoidal {
             x = x + sinusoidal_table(start, seq, d_model, &device).unsqueeze::<3>();
         }
-        self.embedding_dropout.forward(x)
+        qkv_attention::dropout(&self.embedding_dropout, x)
     }
 
     /// Everything layer `layer`'s attention computes on `tokens`: Q, K, V, raw scores,

@@ -53,7 +53,7 @@ impl Mlp {
         } else {
             qkv_tensor_ops::fused::gelu(hidden)
         };
-        self.dropout.forward(self.proj.forward(hidden))
+        qkv_attention::dropout(&self.dropout, self.proj.forward(hidden))
     }
 }
 

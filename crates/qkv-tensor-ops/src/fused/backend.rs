@@ -35,6 +35,10 @@ pub trait FusedOps: Backend {
 
     /// Exact GELU, elementwise.
     fn qkv_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Inverted dropout with the counter-based mask of `seed`. Its own backward pass: the
+    /// gradient goes through the same mask.
+    fn qkv_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation of [`FusedOps`] calls on its inner backend.
@@ -114,6 +118,14 @@ impl FusedOps for Flex {
         let shape = x.shape();
         let mut out = vec![0.0; shape.num_elements()];
         kernels::gelu_forward(elems(&x), &mut out);
+        tensor(out, shape)
+    }
+
+    fn qkv_dropout(x: FlexTensor, prob: f64, seed: u64) -> FlexTensor {
+        let x = contiguous(x);
+        let shape = x.shape();
+        let mut out = vec![0.0; shape.num_elements()];
+        kernels::dropout(elems(&x), prob as f32, seed, &mut out);
         tensor(out, shape)
     }
 }
@@ -221,6 +233,23 @@ impl<B: FusedBackward> Backward<B, 1> for GeluNode {
     }
 }
 
+/// Dropout's autodiff node: keeps only the probability and the seed (the mask is recomputed).
+#[derive(Debug)]
+struct DropoutNode;
+
+impl<B: FusedOps> Backward<B, 1> for DropoutNode {
+    type State = (f64, u64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            let (prob, seed) = ops.state;
+            grads.register::<B>(node.id, B::qkv_dropout(dy, prob, seed));
+        }
+    }
+}
+
 impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn qkv_layer_norm(
         x: FloatTensor<Self>,
@@ -271,6 +300,18 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
                 prep.finish(x, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu(x)),
+        }
+    }
+
+    fn qkv_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {
+        let prep = DropoutNode
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let out = B::qkv_dropout(x.into_primitive(), prob, seed);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((prob, seed), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }

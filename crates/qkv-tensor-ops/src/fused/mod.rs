@@ -1,5 +1,5 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
-//! of attention, and exact GELU.
+//! of attention, exact GELU, and dropout.
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -19,8 +19,8 @@ pub mod kernels;
 
 use burn::backend::DispatchDevice;
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Distribution};
 
 use crate::mask::causal_mask;
 use backend::FusedOps;
@@ -32,7 +32,10 @@ pub fn has_fused_kernels(device: &Device, dtype: DType) -> bool {
     if dtype != DType::F32 {
         return false;
     }
-    matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
+    matches!(
+        device.as_dispatch().clone().inner(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
@@ -119,6 +122,44 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_gelu(x.into_dispatch()))
+}
+
+/// Inverted dropout: each element is zeroed with probability `prob`, the rest are scaled by
+/// `1 / (1 - prob)`. Always active: callers decide whether they are training (see
+/// `qkv_attention::dropout`, which follows `burn::nn::Dropout`).
+///
+/// On Flex the mask is counter-based: a hash of a seed and each element's index. The seed is
+/// drawn from the backend's random generator, so a run that reseeds it (as the trainer does
+/// every step) gets the same masks; the backward pass recomputes the mask instead of storing
+/// it. Elsewhere it is `burn::nn::Dropout`'s computation (a Bernoulli tensor).
+///
+/// - `x`: any shape; returns the same shape
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
+    if prob == 0.0 {
+        return x;
+    }
+    let device = x.device();
+    if !has_fused_kernels(&device, x.dtype()) {
+        let keep = 1.0 - prob;
+        let mask = x.random_like(Distribution::Bernoulli(keep));
+        return x * mask * (1.0 / keep);
+    }
+    let seed = draw_seed(&device);
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_dropout(
+        x.into_dispatch(),
+        prob,
+        seed,
+    ))
+}
+
+/// A 48-bit seed from the backend's generator: 24 random bits from each of two uniform draws.
+fn draw_seed(device: &Device) -> u64 {
+    let draws = Tensor::<1>::random([2], Distribution::Default, device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("a float tensor reads as f32");
+    let bits = |u: f32| (u as f64 * 16_777_216.0) as u64;
+    (bits(draws[0]) << 24) | bits(draws[1])
 }
 
 #[cfg(test)]

@@ -141,3 +141,61 @@ fn gelu_matches_explicit_values_and_gradients() {
         1e-6,
     );
 }
+
+#[test]
+fn dropout_zeroes_or_scales_and_its_gradient_uses_the_same_mask() {
+    let device = flex_autodiff();
+    let prob = 0.25;
+    let x = random_tensor(&mut SeededRng::new(8), [64, 300], 1.0, &device)
+        .add_scalar(2.0)
+        .require_grad();
+    let out = dropout(x.clone(), prob);
+    let grads = out.clone().sum().backward();
+    let (xs, outs) = (values(x.clone()), values(out));
+    let grad = values(x.grad(&grads).expect("x is tracked"));
+    let keep = 1.0 - prob as f32;
+    let mut kept = 0;
+    for ((&x, &o), &g) in xs.iter().zip(&outs).zip(&grad) {
+        if o == 0.0 {
+            assert_eq!(g, 0.0, "a dropped element passes no gradient");
+        } else {
+            kept += 1;
+            assert!((o - x / keep).abs() < 1e-5, "kept {o} vs {x}/{keep}");
+            assert!((g - 1.0 / keep).abs() < 1e-6, "gradient {g}");
+        }
+    }
+    let rate = kept as f32 / xs.len() as f32;
+    assert!((rate - keep).abs() < 0.01, "kept {rate}, expected {keep}");
+}
+
+#[test]
+fn dropout_masks_follow_the_backend_seed() {
+    let device = qkv_test_support::flex();
+    let x = Tensor::<2>::ones([16, 64], &device);
+    let _guard = crate::fused::tests::seed_lock();
+    let run = |seed| {
+        device.seed(seed);
+        values(dropout(x.clone(), 0.5))
+    };
+    let (a, b, c) = (run(7), run(7), run(8));
+    assert_eq!(a, b, "the same seed gives the same mask");
+    assert_ne!(a, c, "another seed gives another mask");
+    // Two calls in a row draw two seeds: their masks differ.
+    device.seed(7);
+    let (first, second) = (values(dropout(x.clone(), 0.5)), values(dropout(x, 0.5)));
+    assert_ne!(first, second);
+}
+
+#[test]
+fn dropout_off_flex_and_at_zero() {
+    let x = Tensor::<1>::ones([1000], &qkv_test_support::ndarray());
+    let out = values(dropout(x.clone(), 0.5));
+    assert!(out.iter().all(|&v| v == 0.0 || v == 2.0));
+    assert_eq!(values(dropout(x.clone(), 0.0)), values(x));
+}
+
+/// Flex's generator is process-global: tests that seed it take turns.
+fn seed_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -230,7 +230,7 @@ impl EncoderLayer {
         let attended = self.self_attn.try_forward(
             MhaInput::self_attn(self.ln_1.forward(x.clone())).key_padding(src_padding),
         )?;
-        let x = x + self.dropout.forward(attended.context);
+        let x = x + qkv_attention::dropout(&self.dropout, attended.context);
         Ok(residual_mlp(x, &self.ln_2, &self.mlp))
     }
 }
@@ -284,7 +284,7 @@ impl DecoderLayer {
             Some(c) => self.self_attn.forward_cached(self_input, c)?,
             None => self.self_attn.try_forward(self_input)?,
         };
-        let x = x + self.dropout.forward(attended.context);
+        let x = x + qkv_attention::dropout(&self.dropout, attended.context);
         let mut cross_input =
             MhaInput::cross_attn(self.ln_2.forward(x.clone()), memory).key_padding(src_padding);
         cross_input.return_probs = record_cross;
@@ -292,7 +292,7 @@ impl DecoderLayer {
             Some(c) => self.cross_attn.forward_cached(cross_input, c)?,
             None => self.cross_attn.try_forward(cross_input)?,
         };
-        let x = x + self.dropout.forward(crossed.context);
+        let x = x + qkv_attention::dropout(&self.dropout, crossed.context);
         Ok((residual_mlp(x, &self.ln_3, &self.mlp), crossed.probs))
     }
 }
@@ -409,7 +409,7 @@ impl Seq2Seq {
             x = x.mul_scalar((d_model as f64).sqrt())
                 + sinusoidal_table(start, len, d_model, &device).unsqueeze::<3>();
         }
-        self.dropout.forward(x)
+        qkv_attention::dropout(&self.dropout, x)
     }
 
     fn check_tokens(
