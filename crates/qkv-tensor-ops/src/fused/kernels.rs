@@ -19,7 +19,17 @@ fn rows_per_task(row_len: usize) -> usize {
 /// Lanes of the accumulators below: eight `f32` fill one AVX register, two SSE registers.
 const LANES: usize = 8;
 
+/// Runs `f` compiled for the best instruction set this CPU has (AVX-512, or AVX2 and FMA),
+/// detected at run time, so the loops inside vectorise at full width; a plain build targets
+/// baseline x86-64 (SSE2). Everything `f` calls must be `#[inline(always)]` to be compiled
+/// the same way.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// `Σ xs`, summed in [`LANES`] independent accumulators so that it vectorises.
+#[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -33,6 +43,7 @@ fn sum(xs: &[f32]) -> f32 {
 }
 
 /// `Σ (x - mean)²`, vectorised as [`sum`].
+#[inline(always)]
 fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -47,6 +58,7 @@ fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
 }
 
 /// `max xs` (−∞ for an empty slice), vectorised as [`sum`].
+#[inline(always)]
 fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -73,8 +85,10 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer in the FPU's own mode.
     const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: u32 = 0x4b40_0000;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_2e-3;
@@ -83,7 +97,9 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // `t`'s bits are those of 1.5·2²³ plus the integer `n` (|n| ≤ 127): subtracting them
+    // leaves `n` with integer ops only (a float-to-int cast would not vectorise).
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(ROUND_BITS - 127) << 23);
     e_r * two_n
 }
 
@@ -112,9 +128,11 @@ pub fn gelu_forward(x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS))
         .for_each(|(out, x)| {
-            for (o, &x) in out.iter_mut().zip(x) {
-                *o = x * normal_cdf_pdf(x).0;
-            }
+            simd(|| {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = x * normal_cdf_pdf(x).0;
+                }
+            })
         });
 }
 
@@ -123,10 +141,12 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
         .for_each(|(dx, (x, dy))| {
-            for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let (cdf, pdf) = normal_cdf_pdf(x);
-                *o = g * (cdf + x * pdf);
-            }
+            simd(|| {
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    let (cdf, pdf) = normal_cdf_pdf(x);
+                    *o = g * (cdf + x * pdf);
+                }
+            })
         });
 }
 
@@ -145,15 +165,15 @@ fn hash32(mut x: u32) -> u32 {
 /// index, no generator state), so any element's decision can be recomputed, in any order, on
 /// any thread, in the backward pass as in the forward. `threshold` is `prob · 2³²`.
 #[inline(always)]
-fn keeps(seed: u64, index: usize, threshold: u64) -> bool {
+fn keeps(seed: u64, index: usize, threshold: u32) -> bool {
     let h = hash32((index as u32).wrapping_mul(0x9e37_79b9) ^ seed as u32);
     let h = hash32(h ^ (seed >> 32) as u32);
-    h as u64 >= threshold
+    h >= threshold
 }
 
-/// `prob · 2³²`, the threshold of [`keeps`].
-fn drop_threshold(prob: f32) -> u64 {
-    (prob as f64 * 4_294_967_296.0) as u64
+/// `prob · 2³²` (at most `u32::MAX`), the threshold of [`keeps`].
+fn drop_threshold(prob: f32) -> u32 {
+    (prob as f64 * 4_294_967_296.0).min(u32::MAX as f64) as u32
 }
 
 /// Inverted dropout: `out[i] = x[i] / (1 - prob)` where [`keeps`] says so, else 0. The
@@ -165,15 +185,18 @@ pub fn dropout(x: &[f32], prob: f32, seed: u64, out: &mut [f32]) {
         .zip(x.par_chunks(TASK_ELEMS))
         .enumerate()
         .for_each(|(task, (out, x))| {
-            let first = task * TASK_ELEMS;
-            for (i, (o, &x)) in out.iter_mut().zip(x).enumerate() {
-                let keep = keeps(seed, first + i, threshold);
-                *o = if keep { x * scale } else { 0.0 };
-            }
+            simd(|| {
+                let first = task * TASK_ELEMS;
+                for (i, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+                    let keep = keeps(seed, first + i, threshold);
+                    *o = if keep { x * scale } else { 0.0 };
+                }
+            })
         });
 }
 
 /// Mean and `1/sqrt(var + eps)` of one row (biased variance, two passes for accuracy).
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
     let mean = sum(x) / d;
@@ -188,12 +211,14 @@ pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out:
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .for_each(|(out, x)| {
-            for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for j in 0..d {
-                    out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+            simd(|| {
+                for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for j in 0..d {
+                        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -213,37 +238,40 @@ pub fn layer_norm_backward(
     dx.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
         .map(|(dx, (x, dy))| {
-            let (mut dgamma, mut dbeta) = zeros();
-            let mut xhat = vec![0.0f32; d];
-            let mut g = vec![0.0f32; d];
-            for ((dx, x), dy) in dx
-                .chunks_exact_mut(d)
-                .zip(x.chunks_exact(d))
-                .zip(dy.chunks_exact(d))
-            {
-                let (mean, rstd) = row_stats(x, eps);
-                for j in 0..d {
-                    xhat[j] = (x[j] - mean) * rstd;
-                    g[j] = dy[j] * gamma[j];
-                    dgamma[j] += dy[j] * xhat[j];
-                    dbeta[j] += dy[j];
-                }
-                let mean_g = sum(&g) / d as f32;
-                let mut acc = [0.0f32; LANES];
-                let pairs = g.chunks_exact(LANES).zip(xhat.chunks_exact(LANES));
-                for (g, h) in pairs {
-                    for l in 0..LANES {
-                        acc[l] += g[l] * h[l];
+            simd(|| {
+                let (mut dgamma, mut dbeta) = zeros();
+                let mut xhat = vec![0.0f32; d];
+                let mut g = vec![0.0f32; d];
+                for ((dx, x), dy) in dx
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(dy.chunks_exact(d))
+                {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for j in 0..d {
+                        xhat[j] = (x[j] - mean) * rstd;
+                        g[j] = dy[j] * gamma[j];
+                        dgamma[j] += dy[j] * xhat[j];
+                        dbeta[j] += dy[j];
+                    }
+                    let mean_g = sum(&g) / d as f32;
+                    let mut acc = [0.0f32; LANES];
+                    let pairs = g.chunks_exact(LANES).zip(xhat.chunks_exact(LANES));
+                    for (g, h) in pairs {
+                        for l in 0..LANES {
+                            acc[l] += g[l] * h[l];
+                        }
+                    }
+                    let tail = d - d % LANES;
+                    let dot =
+                        acc.iter().sum::<f32>() + (tail..d).map(|j| g[j] * xhat[j]).sum::<f32>();
+                    let mean_gx = dot / d as f32;
+                    for j in 0..d {
+                        dx[j] = rstd * (g[j] - mean_g - xhat[j] * mean_gx);
                     }
                 }
-                let tail = d - d % LANES;
-                let dot = acc.iter().sum::<f32>() + (tail..d).map(|j| g[j] * xhat[j]).sum::<f32>();
-                let mean_gx = dot / d as f32;
-                for j in 0..d {
-                    dx[j] = rstd * (g[j] - mean_g - xhat[j] * mean_gx);
-                }
-            }
-            (dgamma, dbeta)
+                (dgamma, dbeta)
+            })
         })
         .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
             for j in 0..d {
@@ -256,6 +284,7 @@ pub fn layer_norm_backward(
 
 /// How many keys query row `i` of `seq_q` may see: all `seq_k` without `causal`, else
 /// `i + 1 + seq_k - seq_q` (bottom-right alignment), clamped to `0..=seq_k`.
+#[inline(always)]
 fn visible_keys(i: usize, seq_q: usize, seq_k: usize, causal: bool) -> usize {
     if !causal {
         return seq_k;
@@ -278,24 +307,26 @@ pub fn scaled_softmax_forward(
         .zip(scores.par_chunks(chunk))
         .enumerate()
         .for_each(|(task, (out, scores))| {
-            let first_row = task * (chunk / seq_k);
-            let rows = out.chunks_exact_mut(seq_k).zip(scores.chunks_exact(seq_k));
-            for (r, (out, s)) in rows.enumerate() {
-                let n = visible_keys((first_row + r) % seq_q, seq_q, seq_k, causal);
-                let (seen, hidden) = out.split_at_mut(n);
-                hidden.fill(0.0);
-                if n == 0 {
-                    continue;
+            simd(|| {
+                let first_row = task * (chunk / seq_k);
+                let rows = out.chunks_exact_mut(seq_k).zip(scores.chunks_exact(seq_k));
+                for (r, (out, s)) in rows.enumerate() {
+                    let n = visible_keys((first_row + r) % seq_q, seq_q, seq_k, causal);
+                    let (seen, hidden) = out.split_at_mut(n);
+                    hidden.fill(0.0);
+                    if n == 0 {
+                        continue;
+                    }
+                    let m = max(&s[..n]) * scale;
+                    for (o, &s) in seen.iter_mut().zip(&s[..n]) {
+                        *o = exp(s * scale - m);
+                    }
+                    let inv = 1.0 / sum(seen);
+                    for o in seen.iter_mut() {
+                        *o *= inv;
+                    }
                 }
-                let m = max(&s[..n]) * scale;
-                for (o, &s) in seen.iter_mut().zip(&s[..n]) {
-                    *o = exp(s * scale - m);
-                }
-                let inv = 1.0 / sum(seen);
-                for o in seen.iter_mut() {
-                    *o *= inv;
-                }
-            }
+            })
         });
 }
 
@@ -313,24 +344,26 @@ pub fn scaled_softmax_backward(
         .par_chunks_mut(chunk)
         .zip(probs.par_chunks(chunk).zip(dprobs.par_chunks(chunk)))
         .for_each(|(ds, (p, dp))| {
-            let rows = ds
-                .chunks_exact_mut(seq_k)
-                .zip(p.chunks_exact(seq_k))
-                .zip(dp.chunks_exact(seq_k));
-            for ((ds, p), dp) in rows {
-                let mut acc = [0.0f32; LANES];
-                for (p, dp) in p.chunks_exact(LANES).zip(dp.chunks_exact(LANES)) {
-                    for l in 0..LANES {
-                        acc[l] += p[l] * dp[l];
+            simd(|| {
+                let rows = ds
+                    .chunks_exact_mut(seq_k)
+                    .zip(p.chunks_exact(seq_k))
+                    .zip(dp.chunks_exact(seq_k));
+                for ((ds, p), dp) in rows {
+                    let mut acc = [0.0f32; LANES];
+                    for (p, dp) in p.chunks_exact(LANES).zip(dp.chunks_exact(LANES)) {
+                        for l in 0..LANES {
+                            acc[l] += p[l] * dp[l];
+                        }
+                    }
+                    let tail = seq_k - seq_k % LANES;
+                    let dot =
+                        acc.iter().sum::<f32>() + (tail..seq_k).map(|j| p[j] * dp[j]).sum::<f32>();
+                    for j in 0..seq_k {
+                        ds[j] = scale * p[j] * (dp[j] - dot);
                     }
                 }
-                let tail = seq_k - seq_k % LANES;
-                let dot =
-                    acc.iter().sum::<f32>() + (tail..seq_k).map(|j| p[j] * dp[j]).sum::<f32>();
-                for j in 0..seq_k {
-                    ds[j] = scale * p[j] * (dp[j] - dot);
-                }
-            }
+            })
         });
 }
 
