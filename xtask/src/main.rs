@@ -46,6 +46,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Runs `work` on a thread of rayon's global pool rather than on the main thread. Every
+/// tensor op parallelises over that pool; called from outside it, each op would hand its work
+/// to the pool and put the calling thread to sleep until it is done (a wake-up and a sleep per
+/// op, with three threads on two cores). Called from a worker, an op pushes its pieces onto
+/// the worker's own queue, does the first itself, and the other worker steals the rest.
+fn on_rayon_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let mut result = None;
+    rayon::scope(|_| result = Some(work()));
+    result.expect("rayon::scope runs its closure before returning")
+}
+
 use clap::{Parser, Subcommand};
 
 /// qkv: the transformer from first principles, on Burn.
@@ -75,14 +86,14 @@ enum Command {
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
-    let result: Result<()> = match cli.command {
+    let result: Result<()> = on_rayon_worker(move || match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Translate(args) => translate::run(args),
-    };
+    });
     if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);
