@@ -73,6 +73,20 @@ fn max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
+/// `Σ a∘b`, vectorised as [`sum`].
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = a.chunks_exact(LANES).zip(b.chunks_exact(LANES));
+    for (a, b) in chunks {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail = a.len() - a.len() % LANES;
+    acc.iter().sum::<f32>() + (tail..a.len()).map(|j| a[j] * b[j]).sum::<f32>()
+}
+
 /// `e^x` for `f32`, branch-free so that loops over it vectorise: Cody–Waite range reduction
 /// `x = n·ln2 + r`, a degree-7 polynomial for `e^r` on `|r| ≤ ln2/2` (the Cephes `expf`
 /// coefficients), and `2^n` built from the exponent bits. Relative error about 1e-7. Inputs
@@ -185,14 +199,18 @@ pub fn dropout(x: &[f32], prob: f32, seed: u64, out: &mut [f32]) {
         .zip(x.par_chunks(TASK_ELEMS))
         .enumerate()
         .for_each(|(task, (out, x))| {
-            simd(|| {
-                let first = task * TASK_ELEMS;
-                for (i, (o, &x)) in out.iter_mut().zip(x).enumerate() {
-                    let keep = keeps(seed, first + i, threshold);
-                    *o = if keep { x * scale } else { 0.0 };
-                }
-            })
+            simd(|| dropout_chunk(x, task * TASK_ELEMS, scale, seed, threshold, out))
         });
+}
+
+/// [`dropout`] on the elements `first..first + x.len()`. The per-chunk bodies are
+/// `#[inline(always)]` functions so that [`simd`] compiles them whole for the wide registers.
+#[inline(always)]
+fn dropout_chunk(x: &[f32], first: usize, scale: f32, seed: u64, threshold: u32, out: &mut [f32]) {
+    for (i, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+        let keep = keeps(seed, first + i, threshold);
+        *o = if keep { x * scale } else { 0.0 };
+    }
 }
 
 /// Mean and `1/sqrt(var + eps)` of one row (biased variance, two passes for accuracy).
@@ -210,16 +228,19 @@ pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out:
     let chunk = rows_per_task(d) * d;
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
-        .for_each(|(out, x)| {
-            simd(|| {
-                for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for j in 0..d {
-                        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
-                    }
-                }
-            })
-        });
+        .for_each(|(out, x)| simd(|| layer_norm_rows(x, gamma, beta, eps, out)));
+}
+
+/// [`layer_norm_forward`] on whole rows.
+#[inline(always)]
+fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let d = gamma.len();
+    for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let (mean, rstd) = row_stats(x, eps);
+        for j in 0..d {
+            out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+        }
+    }
 }
 
 /// LayerNorm backward over rows of `d = gamma.len()`. With `x̂ = (x - mean)·rstd` and
@@ -237,42 +258,7 @@ pub fn layer_norm_backward(
     let zeros = || (vec![0.0f32; d], vec![0.0f32; d]);
     dx.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .map(|(dx, (x, dy))| {
-            simd(|| {
-                let (mut dgamma, mut dbeta) = zeros();
-                let mut xhat = vec![0.0f32; d];
-                let mut g = vec![0.0f32; d];
-                for ((dx, x), dy) in dx
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(dy.chunks_exact(d))
-                {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for j in 0..d {
-                        xhat[j] = (x[j] - mean) * rstd;
-                        g[j] = dy[j] * gamma[j];
-                        dgamma[j] += dy[j] * xhat[j];
-                        dbeta[j] += dy[j];
-                    }
-                    let mean_g = sum(&g) / d as f32;
-                    let mut acc = [0.0f32; LANES];
-                    let pairs = g.chunks_exact(LANES).zip(xhat.chunks_exact(LANES));
-                    for (g, h) in pairs {
-                        for l in 0..LANES {
-                            acc[l] += g[l] * h[l];
-                        }
-                    }
-                    let tail = d - d % LANES;
-                    let dot =
-                        acc.iter().sum::<f32>() + (tail..d).map(|j| g[j] * xhat[j]).sum::<f32>();
-                    let mean_gx = dot / d as f32;
-                    for j in 0..d {
-                        dx[j] = rstd * (g[j] - mean_g - xhat[j] * mean_gx);
-                    }
-                }
-                (dgamma, dbeta)
-            })
-        })
+        .map(|(dx, (x, dy))| simd(|| layer_norm_backward_rows(x, gamma, dy, eps, dx)))
         .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
             for j in 0..d {
                 ga[j] += gb[j];
@@ -280,6 +266,41 @@ pub fn layer_norm_backward(
             }
             (ga, ba)
         })
+}
+
+/// [`layer_norm_backward`] on whole rows: writes their `dx`, returns their share of
+/// `(dgamma, dbeta)`.
+#[inline(always)]
+fn layer_norm_backward_rows(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+    let mut xhat = vec![0.0f32; d];
+    let mut g = vec![0.0f32; d];
+    for ((dx, x), dy) in dx
+        .chunks_exact_mut(d)
+        .zip(x.chunks_exact(d))
+        .zip(dy.chunks_exact(d))
+    {
+        let (mean, rstd) = row_stats(x, eps);
+        for j in 0..d {
+            xhat[j] = (x[j] - mean) * rstd;
+            g[j] = dy[j] * gamma[j];
+            dgamma[j] += dy[j] * xhat[j];
+            dbeta[j] += dy[j];
+        }
+        let mean_g = sum(&g) / d as f32;
+        let mean_gx = dot(&g, &xhat) / d as f32;
+        for j in 0..d {
+            dx[j] = rstd * (g[j] - mean_g - xhat[j] * mean_gx);
+        }
+    }
+    (dgamma, dbeta)
 }
 
 /// How many keys query row `i` of `seq_q` may see: all `seq_k` without `causal`, else
@@ -309,25 +330,39 @@ pub fn scaled_softmax_forward(
         .for_each(|(task, (out, scores))| {
             simd(|| {
                 let first_row = task * (chunk / seq_k);
-                let rows = out.chunks_exact_mut(seq_k).zip(scores.chunks_exact(seq_k));
-                for (r, (out, s)) in rows.enumerate() {
-                    let n = visible_keys((first_row + r) % seq_q, seq_q, seq_k, causal);
-                    let (seen, hidden) = out.split_at_mut(n);
-                    hidden.fill(0.0);
-                    if n == 0 {
-                        continue;
-                    }
-                    let m = max(&s[..n]) * scale;
-                    for (o, &s) in seen.iter_mut().zip(&s[..n]) {
-                        *o = exp(s * scale - m);
-                    }
-                    let inv = 1.0 / sum(seen);
-                    for o in seen.iter_mut() {
-                        *o *= inv;
-                    }
-                }
+                softmax_rows(scores, first_row, seq_q, seq_k, scale, causal, out)
             })
         });
+}
+
+/// [`scaled_softmax_forward`] on whole rows, the first of them row `first_row`.
+#[inline(always)]
+fn softmax_rows(
+    scores: &[f32],
+    first_row: usize,
+    seq_q: usize,
+    seq_k: usize,
+    scale: f32,
+    causal: bool,
+    out: &mut [f32],
+) {
+    let rows = out.chunks_exact_mut(seq_k).zip(scores.chunks_exact(seq_k));
+    for (r, (out, s)) in rows.enumerate() {
+        let n = visible_keys((first_row + r) % seq_q, seq_q, seq_k, causal);
+        let (seen, hidden) = out.split_at_mut(n);
+        hidden.fill(0.0);
+        if n == 0 {
+            continue;
+        }
+        let m = max(&s[..n]) * scale;
+        for (o, &s) in seen.iter_mut().zip(&s[..n]) {
+            *o = exp(s * scale - m);
+        }
+        let inv = 1.0 / sum(seen);
+        for o in seen.iter_mut() {
+            *o *= inv;
+        }
+    }
 }
 
 /// Backward of [`scaled_softmax_forward`] from its output `probs`:
@@ -343,28 +378,22 @@ pub fn scaled_softmax_backward(
     dscores
         .par_chunks_mut(chunk)
         .zip(probs.par_chunks(chunk).zip(dprobs.par_chunks(chunk)))
-        .for_each(|(ds, (p, dp))| {
-            simd(|| {
-                let rows = ds
-                    .chunks_exact_mut(seq_k)
-                    .zip(p.chunks_exact(seq_k))
-                    .zip(dp.chunks_exact(seq_k));
-                for ((ds, p), dp) in rows {
-                    let mut acc = [0.0f32; LANES];
-                    for (p, dp) in p.chunks_exact(LANES).zip(dp.chunks_exact(LANES)) {
-                        for l in 0..LANES {
-                            acc[l] += p[l] * dp[l];
-                        }
-                    }
-                    let tail = seq_k - seq_k % LANES;
-                    let dot =
-                        acc.iter().sum::<f32>() + (tail..seq_k).map(|j| p[j] * dp[j]).sum::<f32>();
-                    for j in 0..seq_k {
-                        ds[j] = scale * p[j] * (dp[j] - dot);
-                    }
-                }
-            })
-        });
+        .for_each(|(ds, (p, dp))| simd(|| softmax_backward_rows(p, dp, seq_k, scale, ds)));
+}
+
+/// [`scaled_softmax_backward`] on whole rows.
+#[inline(always)]
+fn softmax_backward_rows(p: &[f32], dp: &[f32], seq_k: usize, scale: f32, ds: &mut [f32]) {
+    let rows = ds
+        .chunks_exact_mut(seq_k)
+        .zip(p.chunks_exact(seq_k))
+        .zip(dp.chunks_exact(seq_k));
+    for ((ds, p), dp) in rows {
+        let dot = dot(p, dp);
+        for j in 0..seq_k {
+            ds[j] = scale * p[j] * (dp[j] - dot);
+        }
+    }
 }
 
 #[cfg(test)]
