@@ -190,7 +190,7 @@ fn drop_threshold(prob: f32) -> u32 {
     (prob as f64 * 4_294_967_296.0).min(u32::MAX as f64) as u32
 }
 
-/// Inverted dropout: `out[i] = x[i] / (1 - prob)` where [`keeps`] says so, else 0. The
+/// Inverted dropout: `out[i] = x[i] / (1 - prob)` where the counter-based draw keeps it, else 0. The
 /// backward pass is the same function applied to the gradient with the same seed.
 pub fn dropout(x: &[f32], prob: f32, seed: u64, out: &mut [f32]) {
     let scale = 1.0 / (1.0 - prob);
@@ -314,7 +314,8 @@ fn visible_keys(i: usize, seq_q: usize, seq_k: usize, causal: bool) -> usize {
 }
 
 /// Softmax of `scores·scale` over rows of `seq_k`, where row `r` is query `r % seq_q`; hidden
-/// keys (see [`visible_keys`]) get exactly 0, and a row with no visible key is all zeros.
+/// keys (after `i + 1 + seq_k - seq_q` with `causal`) get exactly 0, and a row with no visible
+/// key is all zeros.
 pub fn scaled_softmax_forward(
     scores: &[f32],
     seq_q: usize,
