@@ -301,12 +301,10 @@ impl MultiHeadAttention {
             });
         }
 
-        let autodiff = q.device().is_autodiff();
-        let dropout_active =
-            self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && autodiff;
-        // On an autodiff device Burn's attention op runs its decomposed fallback; the explicit
-        // path there is two matmuls around one fused softmax (forward and backward).
-        let path = if return_probs || dropout_active || autodiff {
+        // On an autodiff device (the only place dropout is active) Burn's attention op runs
+        // its decomposed fallback; the explicit path there is two matmuls around one fused
+        // softmax (forward and backward).
+        let path = if return_probs || q.device().is_autodiff() {
             AttentionPath::Explicit
         } else {
             AttentionPath::Fused

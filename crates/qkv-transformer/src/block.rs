@@ -1,12 +1,11 @@
 //! One pre-LayerNorm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 
 use burn::nn::Dropout;
-
-use crate::norm::LayerNorm;
 use burn::prelude::*;
 use qkv_attention::{AttentionError, KvCache, MhaInput, MultiHeadAttention};
 
 use crate::mlp::Mlp;
+use crate::norm::LayerNorm;
 
 /// A pre-LN decoder block (GPT-2): LayerNorm before each sub-layer, residual around it.
 #[derive(Module, Debug)]
