@@ -83,6 +83,13 @@ fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
+/// A new tensor shaped `shape` whose elements `fill` writes (the kernel's output slice).
+fn output(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut data = vec![0.0; shape.num_elements()];
+    fill(&mut data);
+    tensor(data, shape)
+}
+
 /// The last dimension of `shape`.
 fn last_dim(shape: &Shape) -> usize {
     shape[shape.num_dims() - 1]
@@ -91,42 +98,30 @@ fn last_dim(shape: &Shape) -> usize {
 impl FusedOps for Flex {
     fn qkv_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f64) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let shape = x.shape();
-        let mut out = vec![0.0; shape.num_elements()];
-        kernels::layer_norm_forward(elems(&x), elems(&gamma), elems(&beta), eps as f32, &mut out);
-        tensor(out, shape)
+        output(x.shape(), |out| {
+            kernels::layer_norm_forward(elems(&x), elems(&gamma), elems(&beta), eps as f32, out)
+        })
     }
 
     fn qkv_scaled_softmax(scores: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
         let scores = contiguous(scores);
         let shape = scores.shape();
         let (seq_q, seq_k) = (shape[shape.num_dims() - 2], last_dim(&shape));
-        let mut out = vec![0.0; shape.num_elements()];
-        kernels::scaled_softmax_forward(
-            elems(&scores),
-            seq_q,
-            seq_k,
-            scale as f32,
-            causal,
-            &mut out,
-        );
-        tensor(out, shape)
+        output(shape, |out| {
+            kernels::scaled_softmax_forward(elems(&scores), seq_q, seq_k, scale as f32, causal, out)
+        })
     }
 
     fn qkv_gelu(x: FlexTensor) -> FlexTensor {
         let x = contiguous(x);
-        let shape = x.shape();
-        let mut out = vec![0.0; shape.num_elements()];
-        kernels::gelu_forward(elems(&x), &mut out);
-        tensor(out, shape)
+        output(x.shape(), |out| kernels::gelu_forward(elems(&x), out))
     }
 
     fn qkv_dropout(x: FlexTensor, prob: f64, seed: u64) -> FlexTensor {
         let x = contiguous(x);
-        let shape = x.shape();
-        let mut out = vec![0.0; shape.num_elements()];
-        kernels::dropout(elems(&x), prob as f32, seed, &mut out);
-        tensor(out, shape)
+        output(x.shape(), |out| {
+            kernels::dropout(elems(&x), prob as f32, seed, out)
+        })
     }
 }
 
@@ -157,23 +152,17 @@ impl FusedBackward for Flex {
     ) -> FlexTensor {
         let (probs, dprobs) = (contiguous(probs), contiguous(dprobs));
         let shape = probs.shape();
-        let mut ds = vec![0.0; shape.num_elements()];
-        kernels::scaled_softmax_backward(
-            elems(&probs),
-            elems(&dprobs),
-            last_dim(&shape),
-            scale as f32,
-            &mut ds,
-        );
-        tensor(ds, shape)
+        let seq_k = last_dim(&shape);
+        output(shape, |ds| {
+            kernels::scaled_softmax_backward(elems(&probs), elems(&dprobs), seq_k, scale as f32, ds)
+        })
     }
 
     fn qkv_gelu_backward(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
         let (x, dy) = (contiguous(x), contiguous(dy));
-        let shape = x.shape();
-        let mut dx = vec![0.0; shape.num_elements()];
-        kernels::gelu_backward(elems(&x), elems(&dy), &mut dx);
-        tensor(dx, shape)
+        output(x.shape(), |dx| {
+            kernels::gelu_backward(elems(&x), elems(&dy), dx)
+        })
     }
 }
 
