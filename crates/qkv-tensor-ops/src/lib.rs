@@ -40,7 +40,8 @@ pub mod stats;
 pub use mask::{causal_mask, padding_mask, padding_mask_from_lengths};
 pub use rotary::{apply_rotary, rotary_tables};
 pub use sdpa::{
-    AttentionPath, SdpaOptions, SdpaOutput, attention_probs, scaled_dot_product_attention,
+    AttentionPath, SdpaOptions, SdpaOutput, attention_probs, causal_attention_in_query_blocks,
+    scaled_dot_product_attention,
 };
 pub use softmax::masked_softmax;
 pub use stats::{HeadStats, attention_stats};

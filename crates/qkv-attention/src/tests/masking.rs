@@ -1,10 +1,12 @@
 //! Causal leak, padding, fully masked rows, and the two attention paths inside the layer.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use qkv_tensor_ops::padding_mask_from_lengths;
 use qkv_test_support::{SeededRng, assert_close, random_tensor, test_on_cpu_backends, values};
 
 use super::seeded_layer;
+use crate::mha::Route;
 use crate::{MhaInput, MultiHeadAttentionConfig};
 
 test_on_cpu_backends!(causal_outputs_ignore_the_future, |device: &Device| {
@@ -259,5 +261,94 @@ test_on_cpu_backends!(
             "softmax of scores",
         );
         assert_eq!(seen.q.dims(), [2, 5, 7, 4]);
+    }
+);
+
+test_on_cpu_backends!(each_device_takes_its_measured_route, |device: &Device| {
+    let flex = qkv_tensor_ops::fused::has_fused_kernels(device, DType::F32);
+    let q = |seq: usize, device: &Device| Tensor::<4>::zeros([1, 2, seq, 4], device);
+    let (plain, training) = (device.clone(), device.clone().autodiff());
+    let blocks_or = |fallback| if flex { Route::QueryBlocks } else { fallback };
+    // Inference: query blocks on Flex for causal, unmasked, multi-query attention.
+    assert_eq!(
+        Route::choose(&q(64, &plain), true, false, false),
+        blocks_or(Route::Fused)
+    );
+    assert_eq!(
+        Route::choose(&q(1, &plain), true, false, false),
+        Route::Fused
+    );
+    assert_eq!(
+        Route::choose(&q(64, &plain), true, true, false),
+        Route::Fused
+    );
+    assert_eq!(
+        Route::choose(&q(64, &plain), false, false, false),
+        Route::Fused
+    );
+    // Training: query blocks from four blocks on, else the explicit route.
+    assert_eq!(
+        Route::choose(&q(511, &training), true, false, false),
+        Route::Explicit
+    );
+    assert_eq!(
+        Route::choose(&q(512, &training), true, true, false),
+        blocks_or(Route::Explicit)
+    );
+    assert_eq!(
+        Route::choose(&q(512, &training), false, false, false),
+        Route::Explicit
+    );
+    // Asking for the probabilities always materialises them.
+    for device in [&plain, &training] {
+        assert_eq!(
+            Route::choose(&q(600, device), true, false, true),
+            Route::Explicit
+        );
+    }
+});
+
+test_on_cpu_backends!(
+    query_block_route_matches_the_explicit_one,
+    |device: &Device| {
+        // 530 positions: five blocks of 128 queries (the last one partial), so training takes the
+        // query-block route on Flex too. Returning the probabilities forces the explicit route.
+        let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, device);
+        let mut rng = SeededRng::new(8);
+        let x = random_tensor(&mut rng, [2, 530, 16], 1.0, device);
+        let pad = padding_mask_from_lengths(&[530, 500], 530, device);
+        for padded in [false, true] {
+            let input = |x: Tensor<3>| {
+                let input = MhaInput::self_attn(x).causal();
+                if padded {
+                    input.key_padding(pad.clone())
+                } else {
+                    input
+                }
+            };
+            let blocked = values(mha.forward(input(x.clone())).context);
+            let explicit = values(mha.forward(input(x.clone()).return_probs()).context);
+            assert_close(
+                &blocked,
+                &explicit,
+                1e-5,
+                &format!("inference, padded {padded}"),
+            );
+        }
+        // Gradients to the input through both routes, on the training device.
+        let train = device.clone().autodiff();
+        let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, &train);
+        let weights = random_tensor(&mut rng, [2, 530, 16], 1.0, &train);
+        let run = |probs: bool| {
+            let x = Tensor::<3>::from_data(x.to_data(), &train).require_grad();
+            let mut input = MhaInput::self_attn(x.clone()).causal();
+            input.return_probs = probs;
+            let out = mha.forward(input).context;
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (values(out), values(x.grad(&grads).expect("input gradient")))
+        };
+        let ((bv, bg), (ev, eg)) = (run(false), run(true));
+        assert_close(&bv, &ev, 1e-5, "training values");
+        assert_close(&bg, &eg, 1e-5, "input gradient");
     }
 );
