@@ -17,7 +17,9 @@
 //!   whose keys are all hidden gets all zeros, never NaN.
 //! * [`sdpa`] is the attention itself. [`AttentionPath::Explicit`] materialises the
 //!   probabilities (so they can be returned, or dropped out); [`AttentionPath::Fused`] calls
-//!   Burn's `module::attention`, which a backend may run as one kernel.
+//!   Burn's `module::attention`, which a backend may run as one kernel;
+//!   [`causal_attention_in_query_blocks`] skips the hidden half of causal attention by
+//!   taking a block of queries at a time against only the keys it can see.
 //! * [`rotary`] rotates queries and keys by their absolute position (RoPE).
 //! * [`stats`] summarises attention probabilities per head (entropy, distance, peak, sink).
 //! * [`reference`](mod@reference) holds deliberately slow, loop-by-loop versions of all of the above. They
