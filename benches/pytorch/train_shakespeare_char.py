@@ -63,6 +63,20 @@ class Gpt(nn.Module):
         return logits, loss
 
 
+@torch.no_grad()
+def whole_split_loss(model, ids, block):
+    """Mean next-token loss over `ids` in consecutive windows of `block` (the last partial window
+    dropped), 64 windows per forward pass: what `cargo xtask eval` computes."""
+    windows = (len(ids) - 1) // block
+    total = 0.0
+    for first in range(0, windows, 64):
+        w = range(first, min(first + 64, windows))
+        x = torch.stack([ids[i * block:(i + 1) * block] for i in w])
+        y = torch.stack([ids[i * block + 1:(i + 1) * block + 1] for i in w])
+        total += model(x, y)[1].item() * len(w) * block
+    return total / (windows * block)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -126,15 +140,7 @@ def main():
             print(f"step {it + 1:5d}: train loss {e['train']:.4f}, val loss {e['val']:.4f}", flush=True)
     wall = time.time() - start
     model.eval()
-    with torch.no_grad():
-        windows = (len(val) - 1) // block
-        total = 0.0
-        for first in range(0, windows, 64):
-            w = range(first, min(first + 64, windows))
-            x = torch.stack([val[i * block:(i + 1) * block] for i in w])
-            y = torch.stack([val[i * block + 1:(i + 1) * block + 1] for i in w])
-            total += model(x, y)[1].item() * len(w) * block
-        print(f"val loss over the whole split (consecutive windows of {block}): {total / (windows * block):.4f}")
+    print(f"val loss over the whole split (consecutive windows of {block}): {whole_split_loss(model, val, block):.4f}")
     print(f"{args.max_iters} steps in {wall:.1f} s, median step {sorted(step_times)[len(step_times) // 2] * 1e3:.1f} ms")
 
 

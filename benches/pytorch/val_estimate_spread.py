@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_shakespeare_char import Gpt  # noqa: E402
+from train_shakespeare_char import Gpt, whole_split_loss  # noqa: E402
 
 
 def load_qkv_weights(model, path, layers):
@@ -72,16 +72,8 @@ def main():
     load_qkv_weights(model, os.path.join(args.run, "checkpoint", "model.safetensors"), layers)
     model.eval()
 
+    print(f"whole validation split (consecutive windows of {block}): {whole_split_loss(model, val, block):.4f}")
     with torch.no_grad():
-        windows = (len(val) - 1) // block
-        total = 0.0
-        for first in range(0, windows, 64):
-            w = range(first, min(first + 64, windows))
-            x = torch.stack([val[i * block:(i + 1) * block] for i in w])
-            y = torch.stack([val[i * block + 1:(i + 1) * block + 1] for i in w])
-            total += model(x, y)[1].item() * len(w) * block
-        print(f"whole validation split (consecutive windows of {block}): {total / (windows * block):.4f}")
-
         g = torch.Generator().manual_seed(args.seed)
         estimates = []
         for _ in range(args.draws):
