@@ -69,9 +69,10 @@ impl Route {
 /// between the two unchanged.
 ///
 /// Each forward picks one of three routes to the same function: probabilities materialised
-/// (when they are asked for, and for training off Flex), causal attention a block of queries
-/// at a time that never computes the hidden upper triangle of `Q·Kᵀ` (Flex), or Burn's fused
-/// `module::attention` (inference elsewhere, and decoding steps).
+/// (when they are asked for, and for training, except causal attention over 512 or more
+/// queries on Flex), causal attention a block of queries at a time that never computes the
+/// hidden upper triangle of `Q·Kᵀ` (Flex), or Burn's fused `module::attention` (inference
+/// elsewhere, masked or non-causal inference, and single-query decoding steps).
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {
     /// Query projection `W_Q`, `[d_model, d_model]`: what each position looks for.
