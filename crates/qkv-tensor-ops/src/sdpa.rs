@@ -151,7 +151,7 @@ pub fn scaled_dot_product_attention(
 ///
 /// # Panics
 /// If `seq_k < seq_q` (`qkv_attention::MultiHeadAttention` reports that as an error before
-/// it gets here) or `block` is 0.
+/// it gets here), `seq_q` is 0 or `block` is 0.
 pub fn causal_attention_in_query_blocks(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -164,6 +164,7 @@ pub fn causal_attention_in_query_blocks(
     let seq_q = q.dims()[2];
     let seq_k = k.dims()[2];
     assert!(block > 0, "query block size must be positive");
+    assert!(seq_q > 0, "causal attention needs at least one query");
     assert!(
         seq_k >= seq_q,
         "causal attention needs at least as many keys ({seq_k}) as queries ({seq_q})"
