@@ -7,6 +7,7 @@ device synchronised before each clock stops, the median reported.
 * attention_fwd/dD/seqT, attention_fwd_bwd/dD/seqT: causal multi-head self-attention with
   biased Q, K, V and output projections, 64-wide heads, batch 1; forward under no_grad, or
   forward + backward of out.sum() to the input and weights.
+* matmul/MxKxN: one product of random [M, K] and [K, N] matrices (torch.mm), under no_grad.
 * train_step/4x4x128_b12_t64, train_step/6x6x384_b64_t256: one step of nanoGPT's
   shakespeare-char recipes (no biases, tied embeddings, dropout 0 / 0.2): forward,
   cross-entropy, backward, clip_grad_norm_(1.0), AdamW(lr 1e-3, betas 0.9/0.99, weight decay
@@ -125,6 +126,20 @@ def attention(device, d, seq, backward):
     return run
 
 
+def matmul(device, m, k, n):
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+
+    @torch.no_grad()
+    def run():
+        torch.mm(a, b)
+        sync(device)
+
+    return run
+
+
+MATMUL_SHAPES = [(768, 128, 384), (768, 128, 512), (768, 512, 128), (16384, 384, 1536), (2048, 2048, 2048)]
+
+
 def train_step(device, recipe):
     r = RECIPES[recipe]
     model = Gpt(r["layers"], r["heads"], r["d"], r["block"], r["dropout"]).to(device)
@@ -178,6 +193,7 @@ def suite():
         for d in (128, 384, 768):
             for seq in (64, 256, 1024):
                 ids.append(f"{op}/d{d}/seq{seq}")
+    ids += [f"matmul/{m}x{k}x{n}" for m, k, n in MATMUL_SHAPES]
     ids += [f"train_step/{r}" for r in RECIPES] + ["generate/kv_cache", "generate/no_cache"]
     return ids
 
@@ -187,6 +203,9 @@ def prepare(wid, device):
     if kind.startswith("attention"):
         d, seq = int(rest[0][1:]), int(rest[1][3:])
         return attention(device, d, seq, kind == "attention_fwd_bwd")
+    if kind == "matmul":
+        m, k, n = (int(x) for x in rest[0].split("x"))
+        return matmul(device, m, k, n)
     if kind == "train_step":
         return train_step(device, rest[0])
     if kind == "generate":

@@ -20,6 +20,16 @@ pub const ATTENTION_SEQ_LENS: [usize; 3] = [64, 256, 1024];
 pub const ATTENTION_D_MODELS: [usize; 3] = [128, 384, 768];
 /// Width of one attention head in the attention benchmarks.
 pub const ATTENTION_D_HEAD: usize = 64;
+/// Matrix products `[m, k] · [k, n]` of the matmul benchmarks, as `(m, k, n)`: the 4/4/128
+/// step's projections (768 rows: 12 sequences of 64) forward and backward, the 6/6/384 step's
+/// MLP (16,384 rows), and one large square product.
+pub const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
+    (768, 128, 384),
+    (768, 128, 512),
+    (768, 512, 128),
+    (16384, 384, 1536),
+    (2048, 2048, 2048),
+];
 /// Vocabulary of the character-level Shakespeare models (65 distinct characters).
 pub const SHAKESPEARE_VOCAB: usize = 65;
 
@@ -76,6 +86,15 @@ pub enum Workload {
         /// Model width.
         d_model: usize,
     },
+    /// One matrix product `[m, k] · [k, n]` of random values, on a device without autodiff.
+    Matmul {
+        /// Rows of the left factor and of the result.
+        m: usize,
+        /// The shared dimension.
+        k: usize,
+        /// Columns of the right factor and of the result.
+        n: usize,
+    },
     /// One full optimisation step of a recipe: forward, cross-entropy, backward, global-norm
     /// clipping at 1.0 and AdamW (lr 1e-3, betas 0.9/0.99, weight decay 0.1), on a fixed
     /// random batch.
@@ -107,6 +126,9 @@ impl Workload {
                 }
             }
         }
+        for (m, k, n) in MATMUL_SHAPES {
+            out.push(Workload::Matmul { m, k, n });
+        }
         out.push(Workload::TrainStep(Recipe::ShakespeareChar));
         out.push(Workload::TrainStep(Recipe::ShakespeareCharGpu));
         out.push(Workload::Generate { kv_cache: true });
@@ -124,6 +146,7 @@ impl Workload {
             Workload::AttentionForwardBackward { seq, d_model } => {
                 format!("attention_fwd_bwd/d{d_model}/seq{seq}")
             }
+            Workload::Matmul { m, k, n } => format!("matmul/{m}x{k}x{n}"),
             Workload::TrainStep(recipe) => format!("train_step/{}", recipe.id()),
             Workload::Generate { kv_cache: true } => "generate/kv_cache".into(),
             Workload::Generate { kv_cache: false } => "generate/no_cache".into(),
@@ -135,6 +158,7 @@ impl Workload {
         match *self {
             Workload::AttentionForward { seq, .. }
             | Workload::AttentionForwardBackward { seq, .. } => seq,
+            Workload::Matmul { m, .. } => m,
             Workload::TrainStep(r) => r.batch_size() * r.model().block_size,
             Workload::Generate { .. } => GENERATE_NEW_TOKENS,
         }
@@ -163,10 +187,30 @@ impl Workload {
             Workload::AttentionForwardBackward { seq, d_model } => {
                 attention(device.clone().autodiff(), seq, d_model, true)
             }
+            Workload::Matmul { m, k, n } => matmul(device.clone(), m, k, n),
             Workload::TrainStep(recipe) => train_step(device, recipe),
             Workload::Generate { kv_cache } => generate(device, kv_cache),
         }
     }
+
+    /// Floating-point operations of one iteration, where they are simple to count (matrix
+    /// products: `2·m·k·n`), for a GFLOP/s figure.
+    pub fn flops_per_iter(&self) -> Option<f64> {
+        match *self {
+            Workload::Matmul { m, k, n } => Some(2.0 * (m * k * n) as f64),
+            _ => None,
+        }
+    }
+}
+
+fn matmul(device: Device, m: usize, k: usize, n: usize) -> Box<dyn FnMut()> {
+    let a = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+    Box::new(move || {
+        let c = a.clone().matmul(b.clone());
+        sync(&device);
+        drop(c);
+    })
 }
 
 fn attention(device: Device, seq: usize, d_model: usize, backward: bool) -> Box<dyn FnMut()> {
@@ -340,7 +384,7 @@ mod tests {
     fn suite_ids_are_unique_and_cover_the_issue_grid() {
         let suite = Workload::suite();
         let mut ids: Vec<String> = suite.iter().map(Workload::id).collect();
-        assert_eq!(ids.len(), 9 * 2 + 2 + 2);
+        assert_eq!(ids.len(), 9 * 2 + MATMUL_SHAPES.len() + 2 + 2);
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), suite.len());
@@ -365,6 +409,11 @@ mod tests {
             Workload::AttentionForwardBackward {
                 seq: 64,
                 d_model: 128,
+            },
+            Workload::Matmul {
+                m: 96,
+                k: 32,
+                n: 48,
             },
             Workload::TrainStep(Recipe::ShakespeareChar),
             Workload::Generate { kv_cache: true },

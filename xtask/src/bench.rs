@@ -112,6 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = json!({
         "machine": {
             "cpu": machine.cpu,
+            "simd": machine.simd,
             "logical_cpus": machine.logical_cpus,
             "threads": machine.threads,
             "os": machine.os,
@@ -217,8 +218,15 @@ fn gpu_description() -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
-/// `12.3 ms`, plus tokens/s for generation.
+/// `12.3 ms`, plus tokens/s for generation and GFLOP/s for matrix products.
 fn cell(w: &Workload, s: &Stats) -> String {
+    if let Some(flops) = w.flops_per_iter() {
+        return format!(
+            "{:.3} ms ({:.0} GFLOP/s)",
+            s.median_ms,
+            flops / (s.median_ms / 1e3) / 1e9
+        );
+    }
     match w {
         Workload::Generate { .. } => format!(
             "{:.1} ms ({:.0} tok/s)",
@@ -240,8 +248,9 @@ fn markdown(
     gpu: Option<&str>,
 ) -> String {
     let mut s = format!(
-        "Machine: {}, {} logical CPUs, {} threads, {}{}\n",
+        "Machine: {} ({}), {} logical CPUs, {} threads, {}{}\n",
         machine.cpu,
+        machine.simd,
         machine.logical_cpus,
         machine.threads,
         machine.os,

@@ -10,8 +10,14 @@ use burn::prelude::*;
 ///
 /// - `x`: any shape; returns the same shape
 pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
-    if !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0 {
+    if !is_active(layer, &x.device()) {
         return x;
     }
     qkv_tensor_ops::fused::dropout(x, layer.prob)
+}
+
+/// Whether [`dropout`] with `layer` changes tensors on `device`: training, on an autodiff
+/// device, with a non-zero probability.
+pub fn is_active(layer: &Dropout, device: &Device) -> bool {
+    layer.training.is_enabled() && device.is_autodiff() && layer.prob != 0.0
 }

@@ -18,9 +18,12 @@ pub(crate) enum Route {
     /// Probabilities materialised (`attention_probs`, then a matmul): the only route that can
     /// return them.
     Explicit,
+    /// One kernel with its own backward pass that never writes the probabilities out
+    /// (`qkv_tensor_ops::fused::flash_attention`, Flex only), reading the heads in place.
+    Flash,
     /// Causal attention a block of [`QUERY_BLOCK`] queries at a time, each block against only
     /// the keys it can see (`causal_attention_in_query_blocks`): the hidden upper triangle of
-    /// `Q·Kᵀ` is never computed.
+    /// `Q·Kᵀ` is never computed, and dropout can reach each block's probabilities.
     QueryBlocks,
     /// Burn's attention op (Flex: two GEMMs or tiled flash attention without skipping the
     /// hidden triangle; CubeCL: flash kernels).
@@ -28,31 +31,35 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// Picks the route for queries `q`. Measured on Flex (2 cores, `cargo xtask bench`):
-    /// - without autodiff, causal with no other mask, more than one query: query blocks beat
-    ///   Burn's op at every measured size (seq 64: 0.13 against 0.17 ms at d128; seq 1024:
-    ///   45.7 against 63.2 ms at d768); a single query (a decoding step with the cache) is
-    ///   faster through Burn's op;
-    /// - with autodiff (where Burn's op is a decomposed fallback, so the explicit route is
-    ///   the baseline), query blocks are 7–15% faster at seq 1024 and no faster at seq 256,
-    ///   so they start at four blocks.
+    /// Picks the route for queries `q`. On Flex (measured with `cargo xtask bench`, see
+    /// ARCHITECTURE.md, "Performance"):
+    /// - the flash kernel for every call with more than one query, with or without autodiff,
+    ///   masks or causality, unless the probabilities are asked for or dropout on them is
+    ///   active (the kernel has no dropout);
+    /// - a single query (a decoding step with the cache) goes through Burn's op;
+    /// - with dropout active, causal attention over four blocks or more takes the query
+    ///   blocks (7–15% faster than the explicit route at seq 1024, no faster at seq 256).
     ///
-    /// Other backends keep the explicit route (autodiff) or Burn's op: unmeasured there.
-    pub(crate) fn choose(q: &Tensor<4>, causal: bool, masked: bool, return_probs: bool) -> Self {
+    /// Other backends keep the explicit route under autodiff and Burn's op otherwise.
+    pub(crate) fn choose(
+        q: &Tensor<4>,
+        causal: bool,
+        dropout_active: bool,
+        return_probs: bool,
+    ) -> Self {
         let device = q.device();
-        let autodiff = device.is_autodiff();
         let seq_q = q.dims()[2];
         let flex = qkv_tensor_ops::fused::has_fused_kernels(&device, q.dtype());
         if return_probs {
             Route::Explicit
-        } else if autodiff {
+        } else if flex && !dropout_active && seq_q > 1 {
+            Route::Flash
+        } else if device.is_autodiff() {
             if flex && causal && seq_q >= 4 * QUERY_BLOCK {
                 Route::QueryBlocks
             } else {
                 Route::Explicit
             }
-        } else if flex && causal && !masked && seq_q > 1 {
-            Route::QueryBlocks
         } else {
             Route::Fused
         }
@@ -68,11 +75,12 @@ impl Route {
 /// same field names as Burn's own `nn::attention::MultiHeadAttention`, so weights move
 /// between the two unchanged.
 ///
-/// Each forward picks one of three routes to the same function: probabilities materialised
-/// (when they are asked for, and for training, except causal attention over 512 or more
-/// queries on Flex), causal attention a block of queries at a time that never computes the
-/// hidden upper triangle of `Q·Kᵀ` (Flex), or Burn's fused `module::attention` (inference
-/// elsewhere, masked or non-causal inference, and single-query decoding steps).
+/// Each forward picks one of four routes to the same function: on Flex, one attention kernel
+/// with its own backward pass that never writes the probabilities out (training and
+/// inference); probabilities materialised when they are asked for, and for training with
+/// dropout on them (then, for causal attention over 512 or more queries on Flex, a block of
+/// queries at a time that never computes the hidden upper triangle of `Q·Kᵀ`); or Burn's
+/// fused `module::attention` (inference elsewhere, and single-query decoding steps).
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {
     /// Query projection `W_Q`, `[d_model, d_model]`: what each position looks for.
@@ -355,9 +363,18 @@ impl MultiHeadAttention {
         }
 
         // The causal rule is folded in by the attention function itself (bottom-right).
+        let dropout_active = crate::dropout::is_active(&self.dropout, &q.device());
+        let route = Route::choose(&q, causal, dropout_active, return_probs);
+        if route == Route::Flash {
+            let heads = qkv_tensor_ops::fused::flash_attention(q, k, v, key_padding, causal, None);
+            return Ok(MhaOutput {
+                context: project(&self.output, self.merge_heads(heads)),
+                probs: None,
+            });
+        }
         let mask = attention_mask(seq_q, seq_k, false, key_padding, &q.device());
-        let route = Route::choose(&q, causal, mask.is_some(), return_probs);
         let (heads, probs) = match route {
+            Route::Flash => unreachable!("returned above"),
             Route::QueryBlocks => {
                 let context = qkv_tensor_ops::causal_attention_in_query_blocks(
                     q,
@@ -387,10 +404,8 @@ impl MultiHeadAttention {
                 )
             }
         };
-        // [batch, n_heads, seq_q, d_head] -> [batch, seq_q, d_model]
-        let merged = heads.swap_dims(1, 2).reshape([batch, seq_q, self.d_model]);
         Ok(MhaOutput {
-            context: project(&self.output, merged),
+            context: project(&self.output, self.merge_heads(heads)),
             probs,
         })
     }
@@ -439,6 +454,13 @@ impl MultiHeadAttention {
         let [batch, seq, _] = x.dims();
         x.reshape([batch, seq, self.n_heads, self.d_head()])
             .swap_dims(1, 2)
+    }
+
+    /// `[batch, n_heads, seq, d_head]` -> `[batch, seq, d_model]` (no copy when the heads are
+    /// stored in `[batch, seq, n_heads, d_head]` order, as the flash kernel writes them).
+    fn merge_heads(&self, heads: Tensor<4>) -> Tensor<3> {
+        let [batch, _, seq, _] = heads.dims();
+        heads.swap_dims(1, 2).reshape([batch, seq, self.d_model])
     }
 
     fn rotate(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {

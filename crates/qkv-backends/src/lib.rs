@@ -198,6 +198,10 @@ pub struct MachineInfo {
     pub threads: usize,
     /// The operating system and architecture, such as `linux x86_64`.
     pub os: String,
+    /// The widest SIMD level this CPU offers to run-time dispatch (the level Flex's kernels
+    /// and qkv's fused kernels run at): `AVX-512`, `AVX2+FMA` or `SSE2` on x86-64, `NEON` on
+    /// AArch64.
+    pub simd: &'static str,
 }
 
 impl MachineInfo {
@@ -223,7 +227,32 @@ impl MachineInfo {
             logical_cpus,
             threads,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            simd: simd_level(),
         }
+    }
+}
+
+/// The widest SIMD level run-time detection finds (see [`MachineInfo::simd`]).
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "AVX-512"
+        } else if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            "AVX2+FMA"
+        } else {
+            "SSE2"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "none"
     }
 }
 

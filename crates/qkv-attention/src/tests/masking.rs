@@ -268,35 +268,38 @@ test_on_cpu_backends!(each_device_takes_its_measured_route, |device: &Device| {
     let flex = qkv_tensor_ops::fused::has_fused_kernels(device, DType::F32);
     let q = |seq: usize, device: &Device| Tensor::<4>::zeros([1, 2, seq, 4], device);
     let (plain, training) = (device.clone(), device.clone().autodiff());
-    let blocks_or = |fallback| if flex { Route::QueryBlocks } else { fallback };
-    // Inference: query blocks on Flex for causal, unmasked, multi-query attention.
-    assert_eq!(
-        Route::choose(&q(64, &plain), true, false, false),
-        blocks_or(Route::Fused)
-    );
+    let flash_or = |fallback| if flex { Route::Flash } else { fallback };
+    // (seq_q, causal, dropout active): the flash kernel on Flex whenever it can run.
+    for (seq, causal) in [(64, true), (64, false), (2, true), (600, true)] {
+        assert_eq!(
+            Route::choose(&q(seq, &plain), causal, false, false),
+            flash_or(Route::Fused)
+        );
+        assert_eq!(
+            Route::choose(&q(seq, &training), causal, false, false),
+            flash_or(Route::Explicit)
+        );
+    }
+    // A single query (a decoding step) goes through Burn's op.
     assert_eq!(
         Route::choose(&q(1, &plain), true, false, false),
         Route::Fused
     );
+    // Dropout on the probabilities: query blocks from four blocks on (Flex), else explicit.
     assert_eq!(
-        Route::choose(&q(64, &plain), true, true, false),
-        Route::Fused
-    );
-    assert_eq!(
-        Route::choose(&q(64, &plain), false, false, false),
-        Route::Fused
-    );
-    // Training: query blocks from four blocks on, else the explicit route.
-    assert_eq!(
-        Route::choose(&q(511, &training), true, false, false),
+        Route::choose(&q(511, &training), true, true, false),
         Route::Explicit
     );
     assert_eq!(
         Route::choose(&q(512, &training), true, true, false),
-        blocks_or(Route::Explicit)
+        if flex {
+            Route::QueryBlocks
+        } else {
+            Route::Explicit
+        }
     );
     assert_eq!(
-        Route::choose(&q(512, &training), false, false, false),
+        Route::choose(&q(512, &training), false, true, false),
         Route::Explicit
     );
     // Asking for the probabilities always materialises them.
@@ -308,47 +311,74 @@ test_on_cpu_backends!(each_device_takes_its_measured_route, |device: &Device| {
     }
 });
 
+test_on_cpu_backends!(fast_route_matches_the_explicit_one, |device: &Device| {
+    // 530 positions: partial blocks and tiles of the flash kernel (Flex, training and
+    // inference). Returning the probabilities forces the explicit route.
+    let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, device);
+    let mut rng = SeededRng::new(8);
+    let x = random_tensor(&mut rng, [2, 530, 16], 1.0, device);
+    let pad = padding_mask_from_lengths(&[530, 500], 530, device);
+    for padded in [false, true] {
+        let input = |x: Tensor<3>| {
+            let input = MhaInput::self_attn(x).causal();
+            if padded {
+                input.key_padding(pad.clone())
+            } else {
+                input
+            }
+        };
+        let blocked = values(mha.forward(input(x.clone())).context);
+        let explicit = values(mha.forward(input(x.clone()).return_probs()).context);
+        assert_close(
+            &blocked,
+            &explicit,
+            1e-5,
+            &format!("inference, padded {padded}"),
+        );
+    }
+    // Gradients to the input through both routes, on the training device.
+    let train = device.clone().autodiff();
+    let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, &train);
+    let weights = random_tensor(&mut rng, [2, 530, 16], 1.0, &train);
+    let run = |probs: bool| {
+        let x = Tensor::<3>::from_data(x.to_data(), &train).require_grad();
+        let mut input = MhaInput::self_attn(x.clone()).causal();
+        input.return_probs = probs;
+        let out = mha.forward(input).context;
+        let grads = (out.clone() * weights.clone()).sum().backward();
+        (values(out), values(x.grad(&grads).expect("input gradient")))
+    };
+    let ((bv, bg), (ev, eg)) = (run(false), run(true));
+    assert_close(&bv, &ev, 1e-5, "training values");
+    assert_close(&bg, &eg, 1e-5, "input gradient");
+});
+
 test_on_cpu_backends!(
-    query_block_route_matches_the_explicit_one,
+    fast_route_matches_the_explicit_one_for_padded_cross_attention,
     |device: &Device| {
-        // 530 positions: five blocks of 128 queries (the last one partial), so training takes the
-        // query-block route on Flex too. Returning the probabilities forces the explicit route.
-        let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, device);
-        let mut rng = SeededRng::new(8);
-        let x = random_tensor(&mut rng, [2, 530, 16], 1.0, device);
-        let pad = padding_mask_from_lengths(&[530, 500], 530, device);
-        for padded in [false, true] {
-            let input = |x: Tensor<3>| {
-                let input = MhaInput::self_attn(x).causal();
-                if padded {
-                    input.key_padding(pad.clone())
-                } else {
-                    input
-                }
-            };
-            let blocked = values(mha.forward(input(x.clone())).context);
-            let explicit = values(mha.forward(input(x.clone()).return_probs()).context);
-            assert_close(
-                &blocked,
-                &explicit,
-                1e-5,
-                &format!("inference, padded {padded}"),
-            );
-        }
-        // Gradients to the input through both routes, on the training device.
+        // Cross-attention (not causal) over a padded source of 70 positions: the flash kernel
+        // with a key mask on Flex, against the explicit route, values and both inputs'
+        // gradients.
         let train = device.clone().autodiff();
-        let mha = seeded_layer(&MultiHeadAttentionConfig::new(16, 2), 6, &train);
-        let weights = random_tensor(&mut rng, [2, 530, 16], 1.0, &train);
+        let mha = seeded_layer(&MultiHeadAttentionConfig::new(24, 3), 4, &train);
+        let mut rng = SeededRng::new(12);
+        let query = random_tensor(&mut rng, [2, 9, 24], 1.0, &train);
+        let source = random_tensor(&mut rng, [2, 70, 24], 1.0, &train);
+        let weights = random_tensor(&mut rng, [2, 9, 24], 1.0, &train);
+        let pad = padding_mask_from_lengths(&[70, 33], 70, &train);
         let run = |probs: bool| {
-            let x = Tensor::<3>::from_data(x.to_data(), &train).require_grad();
-            let mut input = MhaInput::self_attn(x.clone()).causal();
+            let (query, source) = (query.clone().require_grad(), source.clone().require_grad());
+            let mut input =
+                MhaInput::cross_attn(query.clone(), source.clone()).key_padding(pad.clone());
             input.return_probs = probs;
             let out = mha.forward(input).context;
             let grads = (out.clone() * weights.clone()).sum().backward();
-            (values(out), values(x.grad(&grads).expect("input gradient")))
+            let grad = |t: &Tensor<3>| values(t.grad(&grads).expect("tracked input"));
+            (values(out), grad(&query), grad(&source))
         };
-        let ((bv, bg), (ev, eg)) = (run(false), run(true));
-        assert_close(&bv, &ev, 1e-5, "training values");
-        assert_close(&bg, &eg, 1e-5, "input gradient");
+        let (fast, explicit) = (run(false), run(true));
+        assert_close(&fast.0, &explicit.0, 1e-5, "values");
+        assert_close(&fast.1, &explicit.1, 1e-5, "query gradient");
+        assert_close(&fast.2, &explicit.2, 1e-5, "source gradient");
     }
 );

@@ -14,7 +14,13 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Shape, TensorData};
 
+use super::flash::{self, FlashProblem, HeadLayout};
 use super::kernels;
+
+/// A `[batch, seq_k]` key mask on the host, `true` = hidden, shared by a forward pass and its
+/// backward pass.
+#[derive(Debug, Clone)]
+pub struct KeyMask(pub std::sync::Arc<[bool]>);
 
 /// The fused ops as a Burn backend extension. Each forward op has a backward op that its
 /// autodiff node calls; the backward ops are not themselves differentiable.
@@ -39,6 +45,19 @@ pub trait FusedOps: Backend {
     /// Inverted dropout with the counter-based mask of `seed`. Its own backward pass: the
     /// gradient goes through the same mask.
     fn qkv_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self>;
+
+    /// Attention without materialised probabilities (see [`flash`]). `q`:
+    /// `[batch, n_heads, seq_q, d_head]`, `k`, `v`: `[batch, n_heads, seq_k, d_head]`, in any
+    /// layout; `key_hidden`: `[batch, seq_k]`, `true` = hidden. Returns
+    /// `[batch, n_heads, seq_q, d_head]`, stored in `[batch, seq_q, n_heads, d_head]` order.
+    fn qkv_flash_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_hidden: Option<KeyMask>,
+        causal: bool,
+        scale: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation of [`FusedOps`] calls on its inner backend.
@@ -60,6 +79,32 @@ pub trait FusedBackward: Backend {
 
     /// GELU's backward pass from its input `x` and `dy`.
     fn qkv_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// [`FusedOps::qkv_flash_attention`] that also returns each query's log-sum-exp,
+    /// `[batch, n_heads, seq_q]`, which its backward pass needs.
+    fn qkv_flash_attention_with_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_hidden: Option<KeyMask>,
+        causal: bool,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Flash attention's backward pass: `(dq, dk, dv)` from the forward pass's inputs, output,
+    /// log-sum-exp and the output's gradient `dout`.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_hidden: Option<KeyMask>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        causal: bool,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// A contiguous copy of `t` unless it is contiguous already (then `t` itself, no copy).
@@ -95,6 +140,53 @@ fn last_dim(shape: &Shape) -> usize {
     shape[shape.num_dims() - 1]
 }
 
+/// A 4-D `f32` tensor as flash attention reads it: itself when its last dimension is
+/// contiguous and its strides are non-negative (a head view of a projection is), else a
+/// contiguous copy.
+fn heads(t: FlexTensor) -> (FlexTensor, HeadLayout) {
+    assert_eq!(t.dtype(), DType::F32, "fused kernels take f32 tensors");
+    let read = |t: &FlexTensor| {
+        let layout = t.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        assert_eq!(shape.num_dims(), 4, "flash attention takes 4-D tensors");
+        let inner = strides[3] == 1 || shape[3] == 1;
+        let positive = strides[..3].iter().all(|&s| s >= 0);
+        (inner && positive).then(|| HeadLayout {
+            shape: [shape[0], shape[1], shape[2], shape[3]],
+            strides: [strides[0], strides[1], strides[2]].map(|s| s as usize),
+            offset: layout.start_offset(),
+        })
+    };
+    match read(&t) {
+        Some(layout) => (t, layout),
+        None => {
+            let t = t.to_contiguous();
+            let layout = read(&t).expect("a contiguous tensor has head strides");
+            (t, layout)
+        }
+    }
+}
+
+/// A `[batch, seq, n_heads, d_head]` buffer as the `[batch, n_heads, seq, d_head]` tensor it
+/// holds (a transposed view, no copy).
+fn heads_tensor(data: Vec<f32>, [batch, n_heads, seq, d_head]: [usize; 4]) -> FlexTensor {
+    tensor(data, Shape::new([batch, seq, n_heads, d_head])).transpose(1, 2)
+}
+
+/// The problem that `q` and `k` describe.
+fn problem(q: &HeadLayout, k: &HeadLayout, causal: bool, scale: f64) -> FlashProblem {
+    let [batch, n_heads, seq_q, d_head] = q.shape;
+    FlashProblem {
+        batch,
+        n_heads,
+        seq_q,
+        seq_k: k.shape[2],
+        d_head,
+        causal,
+        scale: scale as f32,
+    }
+}
+
 impl FusedOps for Flex {
     fn qkv_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f64) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
@@ -122,6 +214,17 @@ impl FusedOps for Flex {
         output(x.shape(), |out| {
             kernels::dropout(elems(&x), prob as f32, seed, out)
         })
+    }
+
+    fn qkv_flash_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        key_hidden: Option<KeyMask>,
+        causal: bool,
+        scale: f64,
+    ) -> FlexTensor {
+        Self::qkv_flash_attention_with_lse(q, k, v, key_hidden, causal, scale).0
     }
 }
 
@@ -163,6 +266,61 @@ impl FusedBackward for Flex {
         output(x.shape(), |dx| {
             kernels::gelu_backward(elems(&x), elems(&dy), dx)
         })
+    }
+
+    fn qkv_flash_attention_with_lse(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        key_hidden: Option<KeyMask>,
+        causal: bool,
+        scale: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let ((q, ql), (k, kl), (v, vl)) = (heads(q), heads(k), heads(v));
+        let p = problem(&ql, &kl, causal, scale);
+        let (out, lse) = flash::forward(
+            &p,
+            (q.storage(), ql),
+            (k.storage(), kl),
+            (v.storage(), vl),
+            key_hidden.as_ref().map(|m| &m.0[..]),
+        );
+        (
+            heads_tensor(out, ql.shape),
+            tensor(lse, Shape::new([p.batch, p.n_heads, p.seq_q])),
+        )
+    }
+
+    fn qkv_flash_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        key_hidden: Option<KeyMask>,
+        out: FlexTensor,
+        lse: FlexTensor,
+        dout: FlexTensor,
+        causal: bool,
+        scale: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let ((q, ql), (k, kl), (v, vl)) = (heads(q), heads(k), heads(v));
+        let ((out, ol), (dout, dl)) = (heads(out), heads(dout));
+        let lse = contiguous(lse);
+        let p = problem(&ql, &kl, causal, scale);
+        let grads = flash::backward(
+            &p,
+            (q.storage(), ql),
+            (k.storage(), kl),
+            (v.storage(), vl),
+            key_hidden.as_ref().map(|m| &m.0[..]),
+            (out.storage(), ol),
+            elems(&lse),
+            (dout.storage(), dl),
+        );
+        (
+            heads_tensor(grads.dq, ql.shape),
+            heads_tensor(grads.dk, kl.shape),
+            heads_tensor(grads.dv, vl.shape),
+        )
     }
 }
 
@@ -239,6 +397,37 @@ impl<B: FusedOps> Backward<B, 1> for DropoutNode {
     }
 }
 
+/// Flash attention's autodiff node: keeps the inputs, the key mask, the output and its
+/// log-sum-exp (shared buffers), and the causal flag and scale.
+#[derive(Debug)]
+struct FlashAttentionNode;
+
+/// What [`FlashAttentionNode`] keeps for its backward pass.
+type FlashState<B> = (
+    [FloatTensor<B>; 3],
+    Option<KeyMask>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    bool,
+    f64,
+);
+
+impl<B: FusedBackward> Backward<B, 3> for FlashAttentionNode {
+    type State = FlashState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dout = grads.consume::<B>(&ops.node);
+        let ([q, k, v], key_hidden, out, lse, causal, scale) = ops.state;
+        let (dq, dk, dv) =
+            B::qkv_flash_attention_backward(q, k, v, key_hidden, out, lse, dout, causal, scale);
+        for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn qkv_layer_norm(
         x: FloatTensor<Self>,
@@ -301,6 +490,40 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
         match prep {
             OpsKind::Tracked(prep) => prep.finish((prob, seed), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn qkv_flash_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_hidden: Option<KeyMask>,
+        causal: bool,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let prep = FlashAttentionNode
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful();
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::qkv_flash_attention_with_lse(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    key_hidden.clone(),
+                    causal,
+                    scale,
+                );
+                prep.finish(
+                    ([q, k, v], key_hidden, out.clone(), lse, causal, scale),
+                    out,
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::qkv_flash_attention(q, k, v, key_hidden, causal, scale))
+            }
         }
     }
 }

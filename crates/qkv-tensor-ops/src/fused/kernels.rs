@@ -30,7 +30,7 @@ fn simd<R>(f: impl FnOnce() -> R) -> R {
 
 /// `Σ xs`, summed in [`LANES`] independent accumulators so that it vectorises.
 #[inline(always)]
-fn sum(xs: &[f32]) -> f32 {
+pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -59,7 +59,7 @@ fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
 
 /// `max xs` (−∞ for an empty slice), vectorised as [`sum`].
 #[inline(always)]
-fn max(xs: &[f32]) -> f32 {
+pub(super) fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -75,7 +75,7 @@ fn max(xs: &[f32]) -> f32 {
 
 /// `Σ a∘b`, vectorised as [`sum`].
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = a.chunks_exact(LANES).zip(b.chunks_exact(LANES));
     for (a, b) in chunks {

@@ -1,5 +1,6 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
-//! of attention, exact GELU, and dropout.
+//! of attention, exact GELU, dropout, and whole attention without materialised probabilities
+//! ([`flash_attention`]).
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -15,6 +16,7 @@
 //! with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`].
 
 pub mod backend;
+pub mod flash;
 pub mod kernels;
 
 use burn::backend::DispatchDevice;
@@ -150,6 +152,87 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
         prob,
         seed,
     ))
+}
+
+/// Scaled dot-product attention, `softmax(Q·Kᵀ·scale + mask)·V`, as one kernel with its own
+/// backward pass on Flex: online softmax over key tiles, so the
+/// `[batch, n_heads, seq_q, seq_k]` probabilities are never written out, and the backward pass
+/// recomputes them a tile at a time from one log-sum-exp per query (see [`flash`]). Heads
+/// are read in place, so `q`, `k` and `v` may be transposed views of `[batch, seq, n_heads,
+/// d_head]` projections; the result is stored in that order too, so merging the heads back
+/// is free.
+///
+/// On other devices (and dtypes) it is the explicit path, [`flash_attention_explicit`], which
+/// is also the oracle of the tests. A query that sees no key gets a zero row, as there.
+///
+/// # Shapes
+/// - `q`: `[batch, n_heads, seq_q, d_head]`
+/// - `k`, `v`: `[batch, n_heads, seq_k, d_head]`; with `causal`, `seq_k >= seq_q` (query `i`
+///   sees keys `0..=i + seq_k - seq_q`)
+/// - `key_hidden`: `[batch, seq_k]`, `true` = hidden
+/// - returns `[batch, n_heads, seq_q, d_head]`
+///
+/// # Panics
+/// If the shapes disagree as above (`qkv_attention::MultiHeadAttention` checks them and
+/// reports an error first).
+pub fn flash_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_hidden: Option<Tensor<2, Bool>>,
+    causal: bool,
+    scale: Option<f64>,
+) -> Tensor<4> {
+    let [batch, n_heads, seq_q, d_head] = q.dims();
+    let seq_k = k.dims()[2];
+    assert_eq!(
+        k.dims(),
+        [batch, n_heads, seq_k, d_head],
+        "flash attention: k"
+    );
+    assert_eq!(
+        v.dims(),
+        [batch, n_heads, seq_k, d_head],
+        "flash attention: v"
+    );
+    assert!(
+        !causal || seq_q <= seq_k,
+        "causal attention needs seq_k >= seq_q"
+    );
+    if let Some(mask) = &key_hidden {
+        assert_eq!(mask.dims(), [batch, seq_k], "flash attention: key mask");
+    }
+    let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
+    if !has_fused_kernels(&q.device(), q.dtype()) {
+        return flash_attention_explicit(q, k, v, key_hidden, causal, Some(scale));
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_flash_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        key_hidden.map(|m| backend::KeyMask(m.into_data().iter::<bool>().collect())),
+        causal,
+        scale,
+    ))
+}
+
+/// The explicit form of [`flash_attention`]: the probabilities materialised by
+/// [`attention_probs`](crate::attention_probs), then a matmul with `v`.
+pub fn flash_attention_explicit(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_hidden: Option<Tensor<2, Bool>>,
+    causal: bool,
+    scale: Option<f64>,
+) -> Tensor<4> {
+    let [batch, _, seq_q, _] = q.dims();
+    let seq_k = k.dims()[2];
+    let mask = key_hidden.map(|m| {
+        m.reshape([batch, 1, 1, seq_k])
+            .expand([batch, 1, seq_q, seq_k])
+    });
+    crate::attention_probs(q, k, mask, causal, scale).matmul(v)
 }
 
 /// A 48-bit seed from the backend's generator: 24 random bits from each of two uniform draws.

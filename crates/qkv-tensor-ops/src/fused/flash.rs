@@ -1,0 +1,757 @@
+//! One attention kernel on the CPU, forward and backward, in the manner of FlashAttention-2
+//! (Dao, 2023, <https://arxiv.org/abs/2307.08691>): queries in blocks, keys and values in
+//! tiles, the softmax computed online (a running maximum and sum per query), so the
+//! probabilities are never written out. The forward pass keeps one number per query, the
+//! log-sum-exp of its scores; the backward pass recomputes each tile's probabilities from it.
+//!
+//! Heads are read in place: q, k and v are described by a [`HeadLayout`] (offset and strides
+//! into their storage), so the `[batch, seq, n_heads, d_head]` output of a projection is read
+//! without first being transposed into `[batch, n_heads, seq, d_head]`. Outputs and gradients
+//! are written in `[batch, seq, n_heads, d_head]` order, which the output projection reads
+//! back without a copy.
+//!
+//! The tile products run on [`matmul_acc`], a register-blocked product written with `pulp`,
+//! compiled for the CPU's best SIMD level at run time. Everything is checked against the
+//! explicit path (probabilities materialised) in the tests of [`super`].
+
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+use super::kernels::{dot, exp, max, sum};
+
+/// Queries per block.
+const BLOCK_Q: usize = 64;
+/// Keys per tile.
+const BLOCK_K: usize = 64;
+
+/// Where a `[batch, n_heads, seq, d_head]` tensor's elements live in its storage: element
+/// `(b, h, s, i)` is at `offset + b·strides[0] + h·strides[1] + s·strides[2] + i` (the last
+/// dimension is contiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLayout {
+    /// `[batch, n_heads, seq, d_head]`.
+    pub shape: [usize; 4],
+    /// Strides of the first three dimensions, in elements.
+    pub strides: [usize; 3],
+    /// Index of element `(0, 0, 0, 0)`.
+    pub offset: usize,
+}
+
+impl HeadLayout {
+    /// The layout of a contiguous `[batch, n_heads, seq, d_head]` tensor.
+    pub fn contiguous(shape: [usize; 4]) -> Self {
+        let [_, h, s, d] = shape;
+        Self {
+            shape,
+            strides: [h * s * d, s * d, d],
+            offset: 0,
+        }
+    }
+
+    /// Index of the first element of row `(b, h, s)`.
+    #[inline(always)]
+    fn row(&self, b: usize, h: usize, s: usize) -> usize {
+        self.offset + b * self.strides[0] + h * self.strides[1] + s * self.strides[2]
+    }
+
+    /// One past the largest index this layout touches (0 when it is empty).
+    pub fn end(&self) -> usize {
+        let [b, h, s, d] = self.shape;
+        if b * h * s * d == 0 {
+            return 0;
+        }
+        self.row(b - 1, h - 1, s - 1) + d
+    }
+}
+
+/// What one attention call computes, shared by the forward and backward kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlashProblem {
+    /// Sequences.
+    pub batch: usize,
+    /// Heads.
+    pub n_heads: usize,
+    /// Queries per sequence.
+    pub seq_q: usize,
+    /// Keys (and values) per sequence.
+    pub seq_k: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// Whether query `i` sees only keys `0..=i + seq_k - seq_q` (bottom-right alignment).
+    pub causal: bool,
+    /// Factor on `q·k` before the softmax.
+    pub scale: f32,
+}
+
+impl FlashProblem {
+    /// Keys the queries `i0..i1` may see at most (a prefix of the keys).
+    fn key_end(&self, i1: usize) -> usize {
+        if self.causal {
+            (i1 + self.seq_k - self.seq_q).min(self.seq_k)
+        } else {
+            self.seq_k
+        }
+    }
+
+    /// Keys query `i` sees, as a prefix length of the keys (before padding).
+    #[inline(always)]
+    fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            i + 1 + self.seq_k - self.seq_q
+        } else {
+            self.seq_k
+        }
+    }
+
+    /// Checks that `layout` describes `[batch, n_heads, seq, d_head]` inside `len` elements.
+    fn check(&self, what: &str, layout: &HeadLayout, seq: usize, len: usize) {
+        assert_eq!(
+            layout.shape,
+            [self.batch, self.n_heads, seq, self.d_head],
+            "flash attention: shape of {what}"
+        );
+        assert!(
+            layout.end() <= len,
+            "flash attention: {what} outside its storage"
+        );
+    }
+}
+
+/// Runs `op` compiled for the best SIMD level this CPU has (see `kernels::simd`).
+#[inline(always)]
+fn simd<R>(op: impl WithSimd<Output = R>) -> R {
+    pulp::Arch::new().dispatch(op)
+}
+
+/// The forward pass. Returns the output, `[batch, seq_q, n_heads, d_head]` contiguous, and the
+/// log-sum-exp of each query's scaled scores, `[batch, n_heads, seq_q]` (`+∞` for a query
+/// that sees no key, whose output row is zero).
+///
+/// `key_hidden`, `[batch, seq_k]`, hides keys (`true` = hidden) on top of the causal rule.
+pub fn forward(
+    p: &FlashProblem,
+    q: (&[f32], HeadLayout),
+    k: (&[f32], HeadLayout),
+    v: (&[f32], HeadLayout),
+    key_hidden: Option<&[bool]>,
+) -> (Vec<f32>, Vec<f32>) {
+    p.check("q", &q.1, p.seq_q, q.0.len());
+    p.check("k", &k.1, p.seq_k, k.0.len());
+    p.check("v", &v.1, p.seq_k, v.0.len());
+    if let Some(hidden) = key_hidden {
+        assert_eq!(hidden.len(), p.batch * p.seq_k, "flash attention: key mask");
+    }
+    // Kᵀ of every head, tile by tile (see `transpose_tiles`).
+    let head_len = p.seq_k.div_ceil(BLOCK_K) * p.d_head * BLOCK_K;
+    let mut kt = vec![0.0f32; p.batch * p.n_heads * head_len];
+    kt.par_chunks_mut(head_len.max(1))
+        .enumerate()
+        .for_each(|(bh, out)| {
+            let (b, h) = (bh / p.n_heads, bh % p.n_heads);
+            transpose_tiles(&gather(k, b, h, p.seq_k, 1.0), p.d_head, out);
+        });
+    let blocks = p.seq_q.div_ceil(BLOCK_Q);
+    let tasks: Vec<(usize, usize, usize)> = (0..p.batch)
+        .flat_map(|b| (0..p.n_heads).flat_map(move |h| (0..blocks).map(move |blk| (b, h, blk))))
+        .collect();
+    let results: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(b, h, blk)| {
+            let i0 = blk * BLOCK_Q;
+            let i1 = (i0 + BLOCK_Q).min(p.seq_q);
+            let hidden = key_hidden.map(|m| &m[b * p.seq_k..(b + 1) * p.seq_k]);
+            let at = (b * p.n_heads + h) * head_len;
+            simd(ForwardBlock {
+                p,
+                q,
+                kt: &kt[at..at + head_len],
+                v,
+                hidden,
+                b,
+                h,
+                i0,
+                i1,
+            })
+        })
+        .collect();
+
+    let (d, heads) = (p.d_head, p.n_heads);
+    let mut out = vec![0.0; p.batch * p.seq_q * heads * d];
+    let mut lse = vec![0.0; p.batch * heads * p.seq_q];
+    for (&(b, h, blk), (block_out, block_lse)) in tasks.iter().zip(&results) {
+        let i0 = blk * BLOCK_Q;
+        for (r, row) in block_out.chunks_exact(d).enumerate() {
+            let at = ((b * p.seq_q + i0 + r) * heads + h) * d;
+            out[at..at + d].copy_from_slice(row);
+        }
+        let at = (b * heads + h) * p.seq_q + i0;
+        lse[at..at + block_lse.len()].copy_from_slice(block_lse);
+    }
+    (out, lse)
+}
+
+/// One block of queries of one head through every key tile it can see.
+struct ForwardBlock<'a> {
+    p: &'a FlashProblem,
+    q: (&'a [f32], HeadLayout),
+    /// This head's Kᵀ in tiles (see `transpose_tiles`).
+    kt: &'a [f32],
+    v: (&'a [f32], HeadLayout),
+    hidden: Option<&'a [bool]>,
+    b: usize,
+    h: usize,
+    i0: usize,
+    i1: usize,
+}
+
+impl WithSimd for ForwardBlock<'_> {
+    type Output = (Vec<f32>, Vec<f32>);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let Self {
+            p,
+            q,
+            kt,
+            v,
+            hidden,
+            b,
+            h,
+            i0,
+            i1,
+        } = self;
+        let d = p.d_head;
+        let rows = i1 - i0;
+        // The block's queries, pre-multiplied by the scale.
+        let qs = gather_rows(q, b, h, i0..i1, p.scale);
+        let mut max_so_far = vec![f32::NEG_INFINITY; rows];
+        let mut sum_so_far = vec![0.0f32; rows];
+        let mut acc = vec![0.0f32; rows * d];
+        let mut scores = vec![0.0f32; rows * BLOCK_K];
+        // The values are read in place: row `j` of this head at `v0 + j·v_stride`.
+        let (v0, v_stride) = (v.1.row(b, h, 0), v.1.strides[2]);
+
+        let key_end = p.key_end(i1);
+        for j0 in (0..key_end).step_by(BLOCK_K) {
+            let w = (j0 + BLOCK_K).min(key_end) - j0;
+            let s = &mut scores[..rows * w];
+            s.fill(0.0);
+            let tile = &kt[j0 * d..(j0 + BLOCK_K) * d];
+            matmul_acc(simd, rows, w, d, &qs, d, tile, BLOCK_K, s, w);
+
+            for r in 0..rows {
+                let row = &mut s[r * w..(r + 1) * w];
+                let seen = p.visible(i0 + r).saturating_sub(j0).min(w);
+                hide(row, seen, hidden.map(|m| &m[j0..j0 + w]));
+                let row_max = max(row);
+                if row_max == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let new_max = max_so_far[r].max(row_max);
+                for x in row.iter_mut() {
+                    let e = exp(*x - new_max);
+                    *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+                }
+                if max_so_far[r] != f32::NEG_INFINITY {
+                    let alpha = exp(max_so_far[r] - new_max);
+                    sum_so_far[r] *= alpha;
+                    acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= alpha);
+                }
+                sum_so_far[r] += sum(row);
+                max_so_far[r] = new_max;
+            }
+            let values = &v.0[v0 + j0 * v_stride..];
+            matmul_acc(simd, rows, d, w, s, w, values, v_stride, &mut acc, d);
+        }
+
+        let mut lse = vec![f32::INFINITY; rows];
+        for r in 0..rows {
+            let row = &mut acc[r * d..(r + 1) * d];
+            if sum_so_far[r] > 0.0 {
+                let inv = 1.0 / sum_so_far[r];
+                row.iter_mut().for_each(|a| *a *= inv);
+                lse[r] = max_so_far[r] + sum_so_far[r].ln();
+            } else {
+                row.fill(0.0);
+            }
+        }
+        (acc, lse)
+    }
+}
+
+/// Sets every score of `row` past the first `seen` (the causal rule) or hidden by `hidden` to
+/// `−∞`.
+#[inline(always)]
+fn hide(row: &mut [f32], seen: usize, hidden: Option<&[bool]>) {
+    row[seen..].fill(f32::NEG_INFINITY);
+    if let Some(hidden) = hidden {
+        for (x, &off) in row[..seen].iter_mut().zip(hidden) {
+            if off {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The three gradients of one attention call, each `[batch, seq, n_heads, d_head]`
+/// contiguous.
+#[derive(Debug)]
+pub struct FlashGrads {
+    /// Gradient of the queries.
+    pub dq: Vec<f32>,
+    /// Gradient of the keys.
+    pub dk: Vec<f32>,
+    /// Gradient of the values.
+    pub dv: Vec<f32>,
+}
+
+/// The backward pass from the forward pass's inputs, its output `out` and log-sum-exp `lse`
+/// (as [`forward`] returned them) and the output's gradient `dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    p: &FlashProblem,
+    q: (&[f32], HeadLayout),
+    k: (&[f32], HeadLayout),
+    v: (&[f32], HeadLayout),
+    key_hidden: Option<&[bool]>,
+    out: (&[f32], HeadLayout),
+    lse: &[f32],
+    dout: (&[f32], HeadLayout),
+) -> FlashGrads {
+    p.check("q", &q.1, p.seq_q, q.0.len());
+    p.check("k", &k.1, p.seq_k, k.0.len());
+    p.check("v", &v.1, p.seq_k, v.0.len());
+    p.check("out", &out.1, p.seq_q, out.0.len());
+    p.check("dout", &dout.1, p.seq_q, dout.0.len());
+    assert_eq!(
+        lse.len(),
+        p.batch * p.n_heads * p.seq_q,
+        "flash attention: lse"
+    );
+    if let Some(hidden) = key_hidden {
+        assert_eq!(hidden.len(), p.batch * p.seq_k, "flash attention: key mask");
+    }
+    let heads: Vec<(usize, usize)> = (0..p.batch)
+        .flat_map(|b| (0..p.n_heads).map(move |h| (b, h)))
+        .collect();
+    let results: Vec<[Vec<f32>; 3]> = heads
+        .par_iter()
+        .map(|&(b, h)| {
+            let at = (b * p.n_heads + h) * p.seq_q;
+            simd(BackwardHead {
+                p,
+                q,
+                k,
+                v,
+                out,
+                dout,
+                lse: &lse[at..at + p.seq_q],
+                hidden: key_hidden.map(|m| &m[b * p.seq_k..(b + 1) * p.seq_k]),
+                b,
+                h,
+            })
+        })
+        .collect();
+
+    let d = p.d_head;
+    let scatter = |seq: usize, which: usize| {
+        let mut all = vec![0.0; p.batch * seq * p.n_heads * d];
+        for (&(b, h), grads) in heads.iter().zip(&results) {
+            for (s, row) in grads[which].chunks_exact(d).enumerate() {
+                let at = ((b * seq + s) * p.n_heads + h) * d;
+                all[at..at + d].copy_from_slice(row);
+            }
+        }
+        all
+    };
+    FlashGrads {
+        dq: scatter(p.seq_q, 0),
+        dk: scatter(p.seq_k, 1),
+        dv: scatter(p.seq_k, 2),
+    }
+}
+
+/// Every query block against every key tile of one head; returns `[dq, dk, dv]`, each
+/// `[seq, d_head]`.
+struct BackwardHead<'a> {
+    p: &'a FlashProblem,
+    q: (&'a [f32], HeadLayout),
+    k: (&'a [f32], HeadLayout),
+    v: (&'a [f32], HeadLayout),
+    out: (&'a [f32], HeadLayout),
+    dout: (&'a [f32], HeadLayout),
+    lse: &'a [f32],
+    hidden: Option<&'a [bool]>,
+    b: usize,
+    h: usize,
+}
+
+/// Copies rows `0..seq` of head `(b, h)` into a contiguous `[seq, d]` buffer, times `factor`.
+fn gather(x: (&[f32], HeadLayout), b: usize, h: usize, seq: usize, factor: f32) -> Vec<f32> {
+    gather_rows(x, b, h, 0..seq, factor)
+}
+
+/// Copies rows `rows` of head `(b, h)` into a contiguous buffer, times `factor`.
+fn gather_rows(
+    x: (&[f32], HeadLayout),
+    b: usize,
+    h: usize,
+    rows: std::ops::Range<usize>,
+    factor: f32,
+) -> Vec<f32> {
+    let d = x.1.shape[3];
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for s in rows {
+        let at = x.1.row(b, h, s);
+        out.extend(x.0[at..at + d].iter().map(|&y| y * factor));
+    }
+    out
+}
+
+/// The transpose of each tile of [`BLOCK_K`] rows of `x` (`[seq, d]`): tile `t` is written
+/// to `out[t·d·BLOCK_K..]` as `[d, BLOCK_K]` (a partial last tile keeps the row stride
+/// `BLOCK_K`). Contiguous tiles keep a product's rows out of the 4 KiB-strided pattern that
+/// one `[d, seq]` transpose would give, which thrashes L1 sets.
+fn transpose_tiles(x: &[f32], d: usize, out: &mut [f32]) {
+    for (t, tile) in x.chunks(BLOCK_K * d).enumerate() {
+        let dst = &mut out[t * d * BLOCK_K..(t + 1) * d * BLOCK_K];
+        for (c, row) in tile.chunks_exact(d).enumerate() {
+            for (i, &y) in row.iter().enumerate() {
+                dst[i * BLOCK_K + c] = y;
+            }
+        }
+    }
+}
+
+/// The transpose of a `[rows, cols]` buffer.
+fn transpose(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+}
+
+impl WithSimd for BackwardHead<'_> {
+    type Output = [Vec<f32>; 3];
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let Self {
+            p,
+            q,
+            k,
+            v,
+            out,
+            dout,
+            lse,
+            hidden,
+            b,
+            h,
+        } = self;
+        let (d, seq_q, seq_k) = (p.d_head, p.seq_q, p.seq_k);
+        let qs = gather(q, b, h, seq_q, p.scale);
+        let kc = gather(k, b, h, seq_k, 1.0);
+        let o = gather(out, b, h, seq_q, 1.0);
+        let dout = gather(dout, b, h, seq_q, 1.0);
+        // Kᵀ and Vᵀ in tiles (see `transpose_tiles`).
+        let tiled = seq_k.div_ceil(BLOCK_K) * d * BLOCK_K;
+        let mut kt = vec![0.0; tiled];
+        transpose_tiles(&kc, d, &mut kt);
+        let mut vt = vec![0.0; tiled];
+        transpose_tiles(&gather(v, b, h, seq_k, 1.0), d, &mut vt);
+        // D_i = dO_i · O_i, the softmax backward's row term.
+        let delta: Vec<f32> = (0..seq_q)
+            .map(|i| dot(&dout[i * d..(i + 1) * d], &o[i * d..(i + 1) * d]))
+            .collect();
+
+        let mut dq = vec![0.0f32; seq_q * d];
+        let mut dk = vec![0.0f32; seq_k * d];
+        let mut dv = vec![0.0f32; seq_k * d];
+        let mut probs = vec![0.0f32; BLOCK_Q * BLOCK_K];
+        let mut dprobs = vec![0.0f32; BLOCK_Q * BLOCK_K];
+        let mut trans = vec![0.0f32; BLOCK_K * BLOCK_Q];
+
+        for i0 in (0..seq_q).step_by(BLOCK_Q) {
+            let i1 = (i0 + BLOCK_Q).min(seq_q);
+            let rows = i1 - i0;
+            let q_blk = &qs[i0 * d..i1 * d];
+            let do_blk = &dout[i0 * d..i1 * d];
+            let key_end = p.key_end(i1);
+            for j0 in (0..key_end).step_by(BLOCK_K) {
+                let w = (j0 + BLOCK_K).min(key_end) - j0;
+                // P = exp(S − lse), recomputed.
+                let pr = &mut probs[..rows * w];
+                pr.fill(0.0);
+                let tile = j0 * d..(j0 + BLOCK_K) * d;
+                matmul_acc(
+                    simd,
+                    rows,
+                    w,
+                    d,
+                    q_blk,
+                    d,
+                    &kt[tile.clone()],
+                    BLOCK_K,
+                    pr,
+                    w,
+                );
+                for r in 0..rows {
+                    let row = &mut pr[r * w..(r + 1) * w];
+                    let seen = p.visible(i0 + r).saturating_sub(j0).min(w);
+                    let l = lse[i0 + r];
+                    if l == f32::INFINITY {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    hide(row, seen, hidden.map(|m| &m[j0..j0 + w]));
+                    for x in row.iter_mut() {
+                        let e = exp(*x - l);
+                        *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+                    }
+                }
+                // dV += Pᵀ·dO
+                let pt = &mut trans[..w * rows];
+                transpose(pr, rows, w, pt);
+                matmul_acc(simd, w, d, rows, pt, rows, do_blk, d, &mut dv[j0 * d..], d);
+                // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
+                let ds = &mut dprobs[..rows * w];
+                ds.fill(0.0);
+                matmul_acc(simd, rows, w, d, do_blk, d, &vt[tile], BLOCK_K, ds, w);
+                for r in 0..rows {
+                    let dl = delta[i0 + r];
+                    for (g, &pv) in ds[r * w..(r + 1) * w].iter_mut().zip(&pr[r * w..]) {
+                        *g = pv * (*g - dl);
+                    }
+                }
+                // dQ += dS·K (the scale is applied once at the end); dK += dSᵀ·(scale·Q).
+                matmul_acc(
+                    simd,
+                    rows,
+                    d,
+                    w,
+                    ds,
+                    w,
+                    &kc[j0 * d..],
+                    d,
+                    &mut dq[i0 * d..],
+                    d,
+                );
+                let dst = &mut trans[..w * rows];
+                transpose(ds, rows, w, dst);
+                matmul_acc(simd, w, d, rows, dst, rows, q_blk, d, &mut dk[j0 * d..], d);
+            }
+        }
+        dq.iter_mut().for_each(|g| *g *= p.scale);
+        [dq, dk, dv]
+    }
+}
+
+/// Rows of C per register block.
+const MR: usize = 4;
+
+/// `C += A·B` for row-major `A` (`[m, k]`, row stride `lda`), `B` (`[k, n]`, row stride `ldb`)
+/// and `C` (`[m, n]`, row stride `ldc`): blocks of [`MR`] rows of C by several SIMD vectors of
+/// columns (four with 16-lane vectors, which have 32 registers; two otherwise) held in
+/// registers across the whole `k` loop, then narrower and scalar edges.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn matmul_acc<S: Simd>(
+    simd: S,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "matmul_acc: A too short");
+    assert!(b.len() >= (k - 1) * ldb + n, "matmul_acc: B too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul_acc: C too short");
+    let lanes = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
+    let full = n / lanes * lanes;
+    let m4 = m / MR * MR;
+    let operands = Operands {
+        k,
+        a,
+        lda,
+        b,
+        ldb,
+        lanes,
+    };
+    let mut j = 0;
+    if lanes >= 16 {
+        while j + 4 * lanes <= full {
+            rows::<S, 4>(simd, &operands, m4, m, j, c, ldc);
+            j += 4 * lanes;
+        }
+    }
+    while j + 2 * lanes <= full {
+        rows::<S, 2>(simd, &operands, m4, m, j, c, ldc);
+        j += 2 * lanes;
+    }
+    while j < full {
+        rows::<S, 1>(simd, &operands, m4, m, j, c, ldc);
+        j += lanes;
+    }
+    // Columns past the last full vector.
+    if full < n {
+        for i in 0..m {
+            for p in 0..k {
+                let x = a[i * lda + p];
+                let brow = &b[p * ldb + full..p * ldb + n];
+                for (y, &z) in c[i * ldc + full..i * ldc + n].iter_mut().zip(brow) {
+                    *y += x * z;
+                }
+            }
+        }
+    }
+}
+
+/// The factors of one [`matmul_acc`] call.
+struct Operands<'a> {
+    k: usize,
+    a: &'a [f32],
+    lda: usize,
+    b: &'a [f32],
+    ldb: usize,
+    lanes: usize,
+}
+
+/// Every row of C over the `NV` vectors of columns starting at column `j`: blocks of [`MR`]
+/// rows up to `m4`, then single rows up to `m`.
+#[inline(always)]
+fn rows<S: Simd, const NV: usize>(
+    simd: S,
+    ops: &Operands,
+    m4: usize,
+    m: usize,
+    j: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut i = 0;
+    while i < m4 {
+        block::<S, MR, NV>(simd, ops, i, j, c, ldc);
+        i += MR;
+    }
+    while i < m {
+        block::<S, 1, NV>(simd, ops, i, j, c, ldc);
+        i += 1;
+    }
+}
+
+/// `R` rows of C from row `i` by `NV` vectors of columns from column `j`, accumulated in
+/// registers over the whole `k` loop.
+// `p` indexes a row of B and a column of A's rows together.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn block<S: Simd, const R: usize, const NV: usize>(
+    simd: S,
+    ops: &Operands,
+    i: usize,
+    j: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let Operands {
+        k,
+        a,
+        lda,
+        b,
+        ldb,
+        lanes,
+    } = *ops;
+    let width = NV * lanes;
+    let mut acc = [[simd.splat_f32s(0.0); NV]; R];
+    for (r, row) in acc.iter_mut().enumerate() {
+        let at = (i + r) * ldc + j;
+        row.copy_from_slice(&S::as_simd_f32s(&c[at..at + width]).0[..NV]);
+    }
+    let a_rows: [&[f32]; R] = core::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
+    for p in 0..k {
+        let at = p * ldb + j;
+        let bv = S::as_simd_f32s(&b[at..at + width]).0;
+        for (r, row) in acc.iter_mut().enumerate() {
+            let x = simd.splat_f32s(a_rows[r][p]);
+            for (y, &z) in row.iter_mut().zip(bv) {
+                *y = simd.mul_add_e_f32s(x, z, *y);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        let at = (i + r) * ldc + j;
+        S::as_mut_simd_f32s(&mut c[at..at + width]).0[..NV].copy_from_slice(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `matmul_acc` against the triple loop, at shapes that exercise every edge (row blocks,
+    /// one-vector and scalar columns, strides wider than the matrices).
+    #[test]
+    fn matmul_acc_matches_the_triple_loop() {
+        let mut seed = 7u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 37, 3),
+            (8, 64, 64),
+            (13, 16, 9),
+            (64, 33, 70),
+        ] {
+            let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
+            let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
+            let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
+            let c0: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
+            let mut c = c0.clone();
+            struct Run<'a>(
+                usize,
+                usize,
+                usize,
+                &'a [f32],
+                usize,
+                &'a [f32],
+                usize,
+                &'a mut [f32],
+                usize,
+            );
+            impl WithSimd for Run<'_> {
+                type Output = ();
+                #[inline(always)]
+                fn with_simd<S: Simd>(self, s: S) {
+                    let Run(m, n, k, a, lda, b, ldb, c, ldc) = self;
+                    matmul_acc(s, m, n, k, a, lda, b, ldb, c, ldc);
+                }
+            }
+            simd(Run(m, n, k, &a, lda, &b, ldb, &mut c, ldc));
+            for i in 0..m {
+                for j in 0..ldc {
+                    let want = if j < n {
+                        c0[i * ldc + j]
+                            + (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum::<f32>()
+                    } else {
+                        c0[i * ldc + j]
+                    };
+                    let got = c[i * ldc + j];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{m}x{n}x{k} at ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
