@@ -424,15 +424,6 @@ fn transpose_tiles(x: &[f32], d: usize, out: &mut [f32]) {
     }
 }
 
-/// The transpose of a `[rows, cols]` buffer.
-fn transpose(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
-    }
-}
-
 impl WithSimd for BackwardHead<'_> {
     type Output = [Vec<f32>; 3];
 
@@ -471,7 +462,6 @@ impl WithSimd for BackwardHead<'_> {
         let mut dv = vec![0.0f32; seq_k * d];
         let mut probs = vec![0.0f32; BLOCK_Q * BLOCK_K];
         let mut dprobs = vec![0.0f32; BLOCK_Q * BLOCK_K];
-        let mut trans = vec![0.0f32; BLOCK_K * BLOCK_Q];
 
         for i0 in (0..seq_q).step_by(BLOCK_Q) {
             let i1 = (i0 + BLOCK_Q).min(seq_q);
@@ -512,9 +502,7 @@ impl WithSimd for BackwardHead<'_> {
                     }
                 }
                 // dV += Pᵀ·dO
-                let pt = &mut trans[..w * rows];
-                transpose(pr, rows, w, pt);
-                matmul_acc(simd, w, d, rows, pt, rows, do_blk, d, &mut dv[j0 * d..], d);
+                matmul_acc_at(simd, w, d, rows, pr, w, do_blk, d, &mut dv[j0 * d..], d);
                 // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
                 let ds = &mut dprobs[..rows * w];
                 ds.fill(0.0);
@@ -538,9 +526,7 @@ impl WithSimd for BackwardHead<'_> {
                     &mut dq[i0 * d..],
                     d,
                 );
-                let dst = &mut trans[..w * rows];
-                transpose(ds, rows, w, dst);
-                matmul_acc(simd, w, d, rows, dst, rows, q_blk, d, &mut dk[j0 * d..], d);
+                matmul_acc_at(simd, w, d, rows, ds, w, q_blk, d, &mut dk[j0 * d..], d);
             }
         }
         dq.iter_mut().for_each(|g| *g *= p.scale);
@@ -569,10 +555,52 @@ pub fn matmul_acc<S: Simd>(
     c: &mut [f32],
     ldc: usize,
 ) {
+    product::<S, false>(simd, m, n, k, a, lda, b, ldb, c, ldc);
+}
+
+/// `C += Aᵀ·B`: as [`matmul_acc`], with `A` stored transposed, `[k, m]` with row stride
+/// `lda` (so the backward pass needs no transposed copy of a tile).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn matmul_acc_at<S: Simd>(
+    simd: S,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    product::<S, true>(simd, m, n, k, a, lda, b, ldb, c, ldc);
+}
+
+/// The body of [`matmul_acc`] (`AT` false) and [`matmul_acc_at`] (`AT` true).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn product<S: Simd, const AT: bool>(
+    simd: S,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "matmul_acc: A too short");
+    let a_end = if AT {
+        (k - 1) * lda + m
+    } else {
+        (m - 1) * lda + k
+    };
+    assert!(a.len() >= a_end, "matmul_acc: A too short");
     assert!(b.len() >= (k - 1) * ldb + n, "matmul_acc: B too short");
     assert!(c.len() >= (m - 1) * ldc + n, "matmul_acc: C too short");
     let lanes = core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>();
@@ -589,23 +617,23 @@ pub fn matmul_acc<S: Simd>(
     let mut j = 0;
     if lanes >= 16 {
         while j + 4 * lanes <= full {
-            rows::<S, 4>(simd, &operands, m4, m, j, c, ldc);
+            rows::<S, 4, AT>(simd, &operands, m4, m, j, c, ldc);
             j += 4 * lanes;
         }
     }
     while j + 2 * lanes <= full {
-        rows::<S, 2>(simd, &operands, m4, m, j, c, ldc);
+        rows::<S, 2, AT>(simd, &operands, m4, m, j, c, ldc);
         j += 2 * lanes;
     }
     while j < full {
-        rows::<S, 1>(simd, &operands, m4, m, j, c, ldc);
+        rows::<S, 1, AT>(simd, &operands, m4, m, j, c, ldc);
         j += lanes;
     }
     // Columns past the last full vector.
     if full < n {
         for i in 0..m {
             for p in 0..k {
-                let x = a[i * lda + p];
+                let x = if AT { a[p * lda + i] } else { a[i * lda + p] };
                 let brow = &b[p * ldb + full..p * ldb + n];
                 for (y, &z) in c[i * ldc + full..i * ldc + n].iter_mut().zip(brow) {
                     *y += x * z;
@@ -628,7 +656,7 @@ struct Operands<'a> {
 /// Every row of C over the `NV` vectors of columns starting at column `j`: blocks of [`MR`]
 /// rows up to `m4`, then single rows up to `m`.
 #[inline(always)]
-fn rows<S: Simd, const NV: usize>(
+fn rows<S: Simd, const NV: usize, const AT: bool>(
     simd: S,
     ops: &Operands,
     m4: usize,
@@ -639,11 +667,11 @@ fn rows<S: Simd, const NV: usize>(
 ) {
     let mut i = 0;
     while i < m4 {
-        block::<S, MR, NV>(simd, ops, i, j, c, ldc);
+        block::<S, MR, NV, AT>(simd, ops, i, j, c, ldc);
         i += MR;
     }
     while i < m {
-        block::<S, 1, NV>(simd, ops, i, j, c, ldc);
+        block::<S, 1, NV, AT>(simd, ops, i, j, c, ldc);
         i += 1;
     }
 }
@@ -653,7 +681,7 @@ fn rows<S: Simd, const NV: usize>(
 // `p` indexes a row of B and a column of A's rows together.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn block<S: Simd, const R: usize, const NV: usize>(
+fn block<S: Simd, const R: usize, const NV: usize, const AT: bool>(
     simd: S,
     ops: &Operands,
     i: usize,
@@ -675,12 +703,24 @@ fn block<S: Simd, const R: usize, const NV: usize>(
         let at = (i + r) * ldc + j;
         row.copy_from_slice(&S::as_simd_f32s(&c[at..at + width]).0[..NV]);
     }
-    let a_rows: [&[f32]; R] = core::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
+    let a_rows: [&[f32]; R] = core::array::from_fn(|r| {
+        if AT {
+            &[]
+        } else {
+            &a[(i + r) * lda..(i + r) * lda + k]
+        }
+    });
     for p in 0..k {
         let at = p * ldb + j;
         let bv = S::as_simd_f32s(&b[at..at + width]).0;
+        // Row `p` of Aᵀ holds the `R` values this step needs side by side.
+        let a_col: &[f32] = if AT {
+            &a[p * lda + i..p * lda + i + R]
+        } else {
+            &[]
+        };
         for (r, row) in acc.iter_mut().enumerate() {
-            let x = simd.splat_f32s(a_rows[r][p]);
+            let x = simd.splat_f32s(if AT { a_col[r] } else { a_rows[r][p] });
             for (y, &z) in row.iter_mut().zip(bv) {
                 *y = simd.mul_add_e_f32s(x, z, *y);
             }
@@ -696,10 +736,36 @@ fn block<S: Simd, const R: usize, const NV: usize>(
 mod tests {
     use super::*;
 
-    /// `matmul_acc` against the triple loop, at shapes that exercise every edge (row blocks,
-    /// one-vector and scalar columns, strides wider than the matrices).
+    /// `matmul_acc` and `matmul_acc_at` against the triple loop, at shapes that exercise
+    /// every edge (row blocks, one-vector and scalar columns, strides wider than the
+    /// matrices).
     #[test]
     fn matmul_acc_matches_the_triple_loop() {
+        struct Run<'a> {
+            dims: (usize, usize, usize),
+            a: (&'a [f32], usize),
+            b: (&'a [f32], usize),
+            c: (&'a mut [f32], usize),
+            transposed: bool,
+        }
+        impl WithSimd for Run<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let Run {
+                    dims: (m, n, k),
+                    a,
+                    b,
+                    c,
+                    transposed,
+                } = self;
+                if transposed {
+                    matmul_acc_at(s, m, n, k, a.0, a.1, b.0, b.1, c.0, c.1);
+                } else {
+                    matmul_acc(s, m, n, k, a.0, a.1, b.0, b.1, c.0, c.1);
+                }
+            }
+        }
         let mut seed = 7u32;
         let mut next = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -711,45 +777,55 @@ mod tests {
             (8, 64, 64),
             (13, 16, 9),
             (64, 33, 70),
+            (6, 80, 5),
         ] {
             let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
             let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
             let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
             let c0: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
-            let mut c = c0.clone();
-            struct Run<'a>(
-                usize,
-                usize,
-                usize,
-                &'a [f32],
-                usize,
-                &'a [f32],
-                usize,
-                &'a mut [f32],
-                usize,
-            );
-            impl WithSimd for Run<'_> {
-                type Output = ();
-                #[inline(always)]
-                fn with_simd<S: Simd>(self, s: S) {
-                    let Run(m, n, k, a, lda, b, ldb, c, ldc) = self;
-                    matmul_acc(s, m, n, k, a, lda, b, ldb, c, ldc);
+            // A stored transposed, `[k, m]`, with a wider stride.
+            let ldat = m + 5;
+            let mut at = vec![0.0f32; k * ldat];
+            for i in 0..m {
+                for p in 0..k {
+                    at[p * ldat + i] = a[i * lda + p];
                 }
             }
-            simd(Run(m, n, k, &a, lda, &b, ldb, &mut c, ldc));
-            for i in 0..m {
-                for j in 0..ldc {
-                    let want = if j < n {
-                        c0[i * ldc + j]
-                            + (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum::<f32>()
+            for transposed in [false, true] {
+                let mut c = c0.clone();
+                let a = if transposed {
+                    (&at[..], ldat)
+                } else {
+                    (&a[..], lda)
+                };
+                simd(Run {
+                    dims: (m, n, k),
+                    a,
+                    b: (&b, ldb),
+                    c: (&mut c, ldc),
+                    transposed,
+                });
+                let a_at = |i: usize, p: usize| {
+                    if transposed {
+                        a.0[p * a.1 + i]
                     } else {
-                        c0[i * ldc + j]
-                    };
-                    let got = c[i * ldc + j];
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{m}x{n}x{k} at ({i}, {j}): {got} vs {want}"
-                    );
+                        a.0[i * a.1 + p]
+                    }
+                };
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let want = if j < n {
+                            c0[i * ldc + j]
+                                + (0..k).map(|p| a_at(i, p) * b[p * ldb + j]).sum::<f32>()
+                        } else {
+                            c0[i * ldc + j]
+                        };
+                        let got = c[i * ldc + j];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "transposed {transposed}, {m}x{n}x{k} at ({i}, {j}): {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
