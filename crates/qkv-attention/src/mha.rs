@@ -8,58 +8,39 @@ use qkv_tensor_ops::{AttentionPath, SdpaOptions, apply_rotary, scaled_dot_produc
 use crate::cache::KvCache;
 use crate::error::AttentionError;
 
-/// Queries per block when causal attention is computed a block at a time (see [`Route`]).
-const QUERY_BLOCK: usize = 128;
-
 /// How one forward pass computes attention. Every route computes the same function (the
 /// tests compare them); they differ in speed and in what they can return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// Probabilities materialised (`attention_probs`, then a matmul): the only route that can
-    /// return them.
+    /// Probabilities materialised (`attention_probs`, dropout, then a matmul): the only
+    /// route that can return them.
     Explicit,
-    /// One kernel with its own backward pass that never writes the probabilities out
-    /// (`qkv_tensor_ops::fused::flash_attention`, Flex only), reading the heads in place.
+    /// One kernel with its own backward pass and dropout that never writes the
+    /// probabilities out (`qkv_tensor_ops::fused::flash_attention`, Flex only), reading the
+    /// heads in place.
     Flash,
-    /// Causal attention a block of [`QUERY_BLOCK`] queries at a time, each block against only
-    /// the keys it can see (`causal_attention_in_query_blocks`): the hidden upper triangle of
-    /// `Q·Kᵀ` is never computed, and dropout can reach each block's probabilities.
-    QueryBlocks,
-    /// Burn's attention op (Flex: two GEMMs or tiled flash attention without skipping the
-    /// hidden triangle; CubeCL: flash kernels).
+    /// Burn's attention op (Flex: two GEMMs or tiled flash attention; CubeCL: flash
+    /// kernels). Forward-only, and it has no dropout.
     Fused,
 }
 
 impl Route {
-    /// Picks the route for queries `q`. On Flex (measured with `cargo xtask bench`, see
-    /// ARCHITECTURE.md, "Performance"):
-    /// - the flash kernel for every call with more than one query, with or without autodiff,
-    ///   masks or causality, unless the probabilities are asked for or dropout on them is
-    ///   active (the kernel has no dropout);
-    /// - a single query (a decoding step with the cache) goes through Burn's op;
-    /// - with dropout active, causal attention over four blocks or more takes the query
-    ///   blocks (7–15% faster than the explicit route at seq 1024, no faster at seq 256).
-    ///
-    /// Other backends keep the explicit route under autodiff and Burn's op otherwise.
-    pub(crate) fn choose(
-        q: &Tensor<4>,
-        causal: bool,
-        dropout_active: bool,
-        return_probs: bool,
-    ) -> Self {
+    /// Picks the route for queries `q`: the probabilities materialised when they are asked
+    /// for; on Flex, the flash kernel for every call with more than one query (training and
+    /// inference, any mask, with or without dropout), Burn's op for a single query (a
+    /// decoding step with the cache, measured faster there); elsewhere, the explicit route
+    /// under autodiff (Burn's op is a decomposed fallback there, and has no dropout) and
+    /// Burn's op otherwise. Measurements in ARCHITECTURE.md, "Performance".
+    pub(crate) fn choose(q: &Tensor<4>, return_probs: bool) -> Self {
         let device = q.device();
         let seq_q = q.dims()[2];
         let flex = qkv_tensor_ops::fused::has_fused_kernels(&device, q.dtype());
         if return_probs {
             Route::Explicit
-        } else if flex && !dropout_active && seq_q > 1 {
+        } else if flex && seq_q > 1 {
             Route::Flash
         } else if device.is_autodiff() {
-            if flex && causal && seq_q >= 4 * QUERY_BLOCK {
-                Route::QueryBlocks
-            } else {
-                Route::Explicit
-            }
+            Route::Explicit
         } else {
             Route::Fused
         }
@@ -75,12 +56,11 @@ impl Route {
 /// same field names as Burn's own `nn::attention::MultiHeadAttention`, so weights move
 /// between the two unchanged.
 ///
-/// Each forward picks one of four routes to the same function: on Flex, one attention kernel
-/// with its own backward pass that never writes the probabilities out (training and
-/// inference); probabilities materialised when they are asked for, and for training with
-/// dropout on them (then, for causal attention over 512 or more queries on Flex, a block of
-/// queries at a time that never computes the hidden upper triangle of `Q·Kᵀ`); or Burn's
-/// fused `module::attention` (inference elsewhere, and single-query decoding steps).
+/// Each forward picks one of three routes to the same function: on Flex, one attention
+/// kernel with its own backward pass and dropout that never writes the probabilities out
+/// (training and inference); probabilities materialised when they are asked for, and for
+/// training on other backends; or Burn's fused `module::attention` (inference elsewhere, and
+/// single-query decoding steps).
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {
     /// Query projection `W_Q`, `[d_model, d_model]`: what each position looks for.
@@ -363,32 +343,28 @@ impl MultiHeadAttention {
         }
 
         // The causal rule is folded in by the attention function itself (bottom-right).
-        let dropout_active = crate::dropout::is_active(&self.dropout, &q.device());
-        let route = Route::choose(&q, causal, dropout_active, return_probs);
-        if route == Route::Flash {
-            let heads = qkv_tensor_ops::fused::flash_attention(q, k, v, key_padding, causal, None);
-            return Ok(MhaOutput {
-                context: project(&self.output, self.merge_heads(heads)),
-                probs: None,
-            });
-        }
-        let mask = attention_mask(seq_q, seq_k, false, key_padding, &q.device());
-        let (heads, probs) = match route {
-            Route::Flash => unreachable!("returned above"),
-            Route::QueryBlocks => {
-                let context = qkv_tensor_ops::causal_attention_in_query_blocks(
+        let device = q.device();
+        let mask = |pad| attention_mask(seq_q, seq_k, false, pad, &device);
+        let (heads, probs) = match Route::choose(&q, return_probs) {
+            Route::Flash => {
+                let dropout = if crate::dropout::is_active(&self.dropout, &device) {
+                    self.dropout.prob
+                } else {
+                    0.0
+                };
+                let heads = qkv_tensor_ops::fused::flash_attention(
                     q,
                     k,
                     v,
-                    mask,
+                    key_padding,
+                    causal,
                     None,
-                    QUERY_BLOCK,
-                    |p| crate::dropout(&self.dropout, p),
+                    dropout,
                 );
-                (context, None)
+                (heads, None)
             }
             Route::Explicit => {
-                let probs = qkv_tensor_ops::attention_probs(q, k, mask, causal, None);
+                let probs = qkv_tensor_ops::attention_probs(q, k, mask(key_padding), causal, None);
                 let context = crate::dropout(&self.dropout, probs.clone()).matmul(v);
                 (context, return_probs.then_some(probs))
             }
@@ -398,6 +374,7 @@ impl MultiHeadAttention {
                     scale: None,
                     path: AttentionPath::Fused,
                 };
+                let mask = mask(key_padding);
                 (
                     scaled_dot_product_attention(q, k, v, mask, options).context,
                     None,

@@ -14,7 +14,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Shape, TensorData};
 
-use super::flash::{self, FlashProblem, HeadLayout};
+use super::flash::{self, FlashDropout, FlashProblem, HeadLayout};
 use super::kernels;
 
 /// A `[batch, seq_k]` key mask on the host, `true` = hidden, shared by a forward pass and its
@@ -57,6 +57,7 @@ pub trait FusedOps: Backend {
         key_hidden: Option<KeyMask>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> FloatTensor<Self>;
 }
 
@@ -89,6 +90,7 @@ pub trait FusedBackward: Backend {
         key_hidden: Option<KeyMask>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Flash attention's backward pass: `(dq, dk, dv)` from the forward pass's inputs, output,
@@ -104,6 +106,7 @@ pub trait FusedBackward: Backend {
         dout: FloatTensor<Self>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -174,7 +177,13 @@ fn heads_tensor(data: Vec<f32>, [batch, n_heads, seq, d_head]: [usize; 4]) -> Fl
 }
 
 /// The problem that `q` and `k` describe.
-fn problem(q: &HeadLayout, k: &HeadLayout, causal: bool, scale: f64) -> FlashProblem {
+fn problem(
+    q: &HeadLayout,
+    k: &HeadLayout,
+    causal: bool,
+    scale: f64,
+    dropout: Option<(f64, u64)>,
+) -> FlashProblem {
     let [batch, n_heads, seq_q, d_head] = q.shape;
     FlashProblem {
         batch,
@@ -184,6 +193,7 @@ fn problem(q: &HeadLayout, k: &HeadLayout, causal: bool, scale: f64) -> FlashPro
         d_head,
         causal,
         scale: scale as f32,
+        dropout: dropout.map(|(prob, seed)| FlashDropout::new(prob as f32, seed)),
     }
 }
 
@@ -223,8 +233,9 @@ impl FusedOps for Flex {
         key_hidden: Option<KeyMask>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> FlexTensor {
-        Self::qkv_flash_attention_with_lse(q, k, v, key_hidden, causal, scale).0
+        Self::qkv_flash_attention_with_lse(q, k, v, key_hidden, causal, scale, dropout).0
     }
 }
 
@@ -275,9 +286,10 @@ impl FusedBackward for Flex {
         key_hidden: Option<KeyMask>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> (FlexTensor, FlexTensor) {
         let ((q, ql), (k, kl), (v, vl)) = (heads(q), heads(k), heads(v));
-        let p = problem(&ql, &kl, causal, scale);
+        let p = problem(&ql, &kl, causal, scale, dropout);
         let (out, lse) = flash::forward(
             &p,
             (q.storage(), ql),
@@ -301,11 +313,12 @@ impl FusedBackward for Flex {
         dout: FlexTensor,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let ((q, ql), (k, kl), (v, vl)) = (heads(q), heads(k), heads(v));
         let ((out, ol), (dout, dl)) = (heads(out), heads(dout));
         let lse = contiguous(lse);
-        let p = problem(&ql, &kl, causal, scale);
+        let p = problem(&ql, &kl, causal, scale, dropout);
         let grads = flash::backward(
             &p,
             (q.storage(), ql),
@@ -410,6 +423,7 @@ type FlashState<B> = (
     FloatTensor<B>,
     bool,
     f64,
+    Option<(f64, u64)>,
 );
 
 impl<B: FusedBackward> Backward<B, 3> for FlashAttentionNode {
@@ -417,9 +431,10 @@ impl<B: FusedBackward> Backward<B, 3> for FlashAttentionNode {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dout = grads.consume::<B>(&ops.node);
-        let ([q, k, v], key_hidden, out, lse, causal, scale) = ops.state;
-        let (dq, dk, dv) =
-            B::qkv_flash_attention_backward(q, k, v, key_hidden, out, lse, dout, causal, scale);
+        let ([q, k, v], key_hidden, out, lse, causal, scale, dropout) = ops.state;
+        let (dq, dk, dv) = B::qkv_flash_attention_backward(
+            q, k, v, key_hidden, out, lse, dout, causal, scale, dropout,
+        );
         for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -500,6 +515,7 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
         key_hidden: Option<KeyMask>,
         causal: bool,
         scale: f64,
+        dropout: Option<(f64, u64)>,
     ) -> FloatTensor<Self> {
         let prep = FlashAttentionNode
             .prepare::<C>([q.node(), k.node(), v.node()])
@@ -515,15 +531,24 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
                     key_hidden.clone(),
                     causal,
                     scale,
+                    dropout,
                 );
                 prep.finish(
-                    ([q, k, v], key_hidden, out.clone(), lse, causal, scale),
+                    (
+                        [q, k, v],
+                        key_hidden,
+                        out.clone(),
+                        lse,
+                        causal,
+                        scale,
+                        dropout,
+                    ),
                     out,
                 )
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::qkv_flash_attention(q, k, v, key_hidden, causal, scale))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_flash_attention(
+                q, k, v, key_hidden, causal, scale, dropout,
+            )),
         }
     }
 }

@@ -17,7 +17,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::kernels::{dot, exp, max, sum};
+use super::kernels::{dot, drop_threshold, exp, keeps, max, sum};
 
 /// Queries per block.
 const BLOCK_Q: usize = 64;
@@ -81,9 +81,54 @@ pub struct FlashProblem {
     pub causal: bool,
     /// Factor on `q·k` before the softmax.
     pub scale: f32,
+    /// Dropout on the probabilities, if any.
+    pub dropout: Option<FlashDropout>,
+}
+
+/// Inverted dropout on the attention probabilities, with the counter-based mask of
+/// [`super::dropout`]: probability `(b, h, i, j)` is element
+/// `((b·n_heads + h)·seq_q + i)·seq_k + j` of the `[batch, n_heads, seq_q, seq_k]` tensor,
+/// so the kernel drops exactly what `super::dropout` with the same seed would drop from the
+/// materialised probabilities. The softmax's normaliser is taken before dropout, as there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashDropout {
+    /// `prob · 2³²`: a draw below it drops.
+    threshold: u32,
+    /// `1 / (1 − prob)`, as `f32` bits (so the struct stays `Eq`).
+    scale_bits: u32,
+    /// The mask's seed.
+    seed: u64,
+}
+
+impl FlashDropout {
+    /// Dropout with probability `prob` (in `[0, 1)`) and mask seed `seed`.
+    pub fn new(prob: f32, seed: u64) -> Self {
+        Self {
+            threshold: drop_threshold(prob),
+            scale_bits: (1.0 / (1.0 - prob)).to_bits(),
+            seed,
+        }
+    }
+
+    /// Multiplies `row` (probabilities of keys `first..first + row.len()` in the flattened
+    /// index above) by the mask over `1 − prob`.
+    #[inline(always)]
+    fn apply(&self, row: &mut [f32], first: usize) {
+        let scale = f32::from_bits(self.scale_bits);
+        for (c, x) in row.iter_mut().enumerate() {
+            let keep = keeps(self.seed, first + c, self.threshold);
+            *x = if keep { *x * scale } else { 0.0 };
+        }
+    }
 }
 
 impl FlashProblem {
+    /// The flattened index of probability `(b, h, i, j)` (see [`FlashDropout`]).
+    #[inline(always)]
+    fn prob_index(&self, b: usize, h: usize, i: usize, j: usize) -> usize {
+        ((b * self.n_heads + h) * self.seq_q + i) * self.seq_k + j
+    }
+
     /// Keys the queries `i0..i1` may see at most (a prefix of the keys).
     fn key_end(&self, i1: usize) -> usize {
         if self.causal {
@@ -260,6 +305,9 @@ impl WithSimd for ForwardBlock<'_> {
                 }
                 sum_so_far[r] += sum(row);
                 max_so_far[r] = new_max;
+                if let Some(drop) = &p.dropout {
+                    drop.apply(row, p.prob_index(b, h, i0 + r, j0));
+                }
             }
             let values = &v.0[v0 + j0 * v_stride..];
             matmul_acc(simd, rows, d, w, s, w, values, v_stride, &mut acc, d);
@@ -462,6 +510,14 @@ impl WithSimd for BackwardHead<'_> {
         let mut dv = vec![0.0f32; seq_k * d];
         let mut probs = vec![0.0f32; BLOCK_Q * BLOCK_K];
         let mut dprobs = vec![0.0f32; BLOCK_Q * BLOCK_K];
+        let mut dropped = vec![
+            0.0f32;
+            if p.dropout.is_some() {
+                BLOCK_Q * BLOCK_K
+            } else {
+                0
+            }
+        ];
 
         for i0 in (0..seq_q).step_by(BLOCK_Q) {
             let i1 = (i0 + BLOCK_Q).min(seq_q);
@@ -501,15 +557,33 @@ impl WithSimd for BackwardHead<'_> {
                         *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
                     }
                 }
-                // dV += Pᵀ·dO
-                matmul_acc_at(simd, w, d, rows, pr, w, do_blk, d, &mut dv[j0 * d..], d);
+                // With dropout, the values saw P∘Z (Z: the mask over 1 − prob).
+                let pz: &[f32] = match &p.dropout {
+                    Some(drop) => {
+                        let pz = &mut dropped[..rows * w];
+                        pz.copy_from_slice(pr);
+                        for r in 0..rows {
+                            let first = p.prob_index(b, h, i0 + r, j0);
+                            drop.apply(&mut pz[r * w..(r + 1) * w], first);
+                        }
+                        pz
+                    }
+                    None => pr,
+                };
+                // dV += (P∘Z)ᵀ·dO
+                matmul_acc_at(simd, w, d, rows, pz, w, do_blk, d, &mut dv[j0 * d..], d);
                 // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
                 let ds = &mut dprobs[..rows * w];
                 ds.fill(0.0);
                 matmul_acc(simd, rows, w, d, do_blk, d, &vt[tile], BLOCK_K, ds, w);
+                // dP = (dO·Vᵀ)∘Z; D_i = dO_i·O_i holds with dropout too (O = (P∘Z)·V).
                 for r in 0..rows {
+                    let row = &mut ds[r * w..(r + 1) * w];
+                    if let Some(drop) = &p.dropout {
+                        drop.apply(row, p.prob_index(b, h, i0 + r, j0));
+                    }
                     let dl = delta[i0 + r];
-                    for (g, &pv) in ds[r * w..(r + 1) * w].iter_mut().zip(&pr[r * w..]) {
+                    for (g, &pv) in row.iter_mut().zip(&pr[r * w..]) {
                         *g = pv * (*g - dl);
                     }
                 }

@@ -179,14 +179,14 @@ fn hash32(mut x: u32) -> u32 {
 /// index, no generator state), so any element's decision can be recomputed, in any order, on
 /// any thread, in the backward pass as in the forward. `threshold` is `prob · 2³²`.
 #[inline(always)]
-fn keeps(seed: u64, index: usize, threshold: u32) -> bool {
+pub(super) fn keeps(seed: u64, index: usize, threshold: u32) -> bool {
     let h = hash32((index as u32).wrapping_mul(0x9e37_79b9) ^ seed as u32);
     let h = hash32(h ^ (seed >> 32) as u32);
     h >= threshold
 }
 
 /// `prob · 2³²` (at most `u32::MAX`), the threshold of [`keeps`].
-fn drop_threshold(prob: f32) -> u32 {
+pub(super) fn drop_threshold(prob: f32) -> u32 {
     (prob as f64 * 4_294_967_296.0).min(u32::MAX as f64) as u32
 }
 

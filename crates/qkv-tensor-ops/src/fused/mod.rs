@@ -162,6 +162,11 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// d_head]` projections; the result is stored in that order too, so merging the heads back
 /// is free.
 ///
+/// `dropout` (in `[0, 1)`, 0 for none) drops probabilities after the softmax, as
+/// [`dropout`] on the materialised probabilities would: on Flex with the same counter-based
+/// mask and a seed drawn the same way from the backend's generator, so a reseeded run drops
+/// the same entries on either path. The caller decides when it is training.
+///
 /// On other devices (and dtypes) it is the explicit path, [`flash_attention_explicit`], which
 /// is also the oracle of the tests. A query that sees no key gets a zero row, as there.
 ///
@@ -174,7 +179,7 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 ///
 /// # Panics
 /// If the shapes disagree as above (`qkv_attention::MultiHeadAttention` checks them and
-/// reports an error first).
+/// reports an error first), or `dropout` is outside `[0, 1)`.
 pub fn flash_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -182,6 +187,7 @@ pub fn flash_attention(
     key_hidden: Option<Tensor<2, Bool>>,
     causal: bool,
     scale: Option<f64>,
+    dropout: f64,
 ) -> Tensor<4> {
     let [batch, n_heads, seq_q, d_head] = q.dims();
     let seq_k = k.dims()[2];
@@ -202,10 +208,16 @@ pub fn flash_attention(
     if let Some(mask) = &key_hidden {
         assert_eq!(mask.dims(), [batch, seq_k], "flash attention: key mask");
     }
+    assert!(
+        (0.0..1.0).contains(&dropout),
+        "flash attention: dropout {dropout} outside [0, 1)"
+    );
     let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
-    if !has_fused_kernels(&q.device(), q.dtype()) {
-        return flash_attention_explicit(q, k, v, key_hidden, causal, Some(scale));
+    let device = q.device();
+    if !has_fused_kernels(&device, q.dtype()) {
+        return flash_attention_explicit(q, k, v, key_hidden, causal, Some(scale), dropout);
     }
+    let dropout = (dropout > 0.0).then(|| (dropout, draw_seed(&device)));
     Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_flash_attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -213,11 +225,12 @@ pub fn flash_attention(
         key_hidden.map(|m| backend::KeyMask(m.into_data().iter::<bool>().collect())),
         causal,
         scale,
+        dropout,
     ))
 }
 
 /// The explicit form of [`flash_attention`]: the probabilities materialised by
-/// [`attention_probs`](crate::attention_probs), then a matmul with `v`.
+/// [`attention_probs`](crate::attention_probs), [`dropout`] on them, then a matmul with `v`.
 pub fn flash_attention_explicit(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -225,6 +238,7 @@ pub fn flash_attention_explicit(
     key_hidden: Option<Tensor<2, Bool>>,
     causal: bool,
     scale: Option<f64>,
+    dropout_prob: f64,
 ) -> Tensor<4> {
     let [batch, _, seq_q, _] = q.dims();
     let seq_k = k.dims()[2];
@@ -232,7 +246,11 @@ pub fn flash_attention_explicit(
         m.reshape([batch, 1, 1, seq_k])
             .expand([batch, 1, seq_q, seq_k])
     });
-    crate::attention_probs(q, k, mask, causal, scale).matmul(v)
+    dropout(
+        crate::attention_probs(q, k, mask, causal, scale),
+        dropout_prob,
+    )
+    .matmul(v)
 }
 
 /// A 48-bit seed from the backend's generator: 24 random bits from each of two uniform draws.

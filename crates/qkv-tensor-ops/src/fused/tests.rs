@@ -251,9 +251,9 @@ fn flash_attention_matches_explicit_values_and_gradients() {
             move |[q, k, v]: [Tensor<4>; 3]| {
                 let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
                 let out = if flash {
-                    flash_attention(q, k, v, mask.clone(), causal, None)
+                    flash_attention(q, k, v, mask.clone(), causal, None, 0.0)
                 } else {
-                    flash_attention_explicit(q, k, v, mask.clone(), causal, None)
+                    flash_attention_explicit(q, k, v, mask.clone(), causal, None, 0.0)
                 };
                 out.swap_dims(1, 2)
             }
@@ -282,6 +282,7 @@ fn flash_attention_matches_the_reference_on_both_backends() {
             Some(mask),
             true,
             None,
+            0.0,
         ));
         let (qv, kv, vv) = (values(q), values(k), values(v));
         let scale = 1.0 / (d as f32).sqrt();
@@ -316,5 +317,40 @@ fn flash_attention_matches_the_reference_on_both_backends() {
             "a blind query's row is zero"
         );
         assert_close(&out, &want, 2e-5, "flash attention against the reference");
+    }
+}
+
+/// With dropout, the kernel drops exactly the entries that dropout on the materialised
+/// probabilities drops when the backend is seeded alike (values and all three gradients),
+/// and the dropout is real: the output differs from the dropout-free one.
+#[test]
+fn flash_attention_with_dropout_matches_explicit_dropout() {
+    for (seq_q, seq_k, causal, masked) in [(70, 70, true, false), (40, 65, false, true)] {
+        let device = flex_autodiff();
+        let mut rng = SeededRng::new(seq_k as u64);
+        let q = random_tensor(&mut rng, [2, seq_q, 3, 16], 2.0, &device);
+        let k = random_tensor(&mut rng, [2, seq_k, 3, 16], 2.0, &device);
+        let v = random_tensor(&mut rng, [2, seq_k, 3, 16], 1.0, &device);
+        let mask = masked.then(|| key_mask(2, seq_k, 3, false, &device));
+        let run = |flash: bool, prob: f64| {
+            let (mask, device) = (mask.clone(), device.clone());
+            move |[q, k, v]: [Tensor<4>; 3]| {
+                let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+                device.seed(77);
+                let out = if flash {
+                    flash_attention(q, k, v, mask.clone(), causal, None, prob)
+                } else {
+                    flash_attention_explicit(q, k, v, mask.clone(), causal, None, prob)
+                };
+                out.swap_dims(1, 2)
+            }
+        };
+        let what = format!("flash dropout {seq_q}x{seq_k} causal={causal} masked={masked}");
+        let inputs = [q, k, v];
+        check_parity(&what, inputs.clone(), run(true, 0.3), run(false, 0.3), 2e-5);
+        let dropped = values(run(true, 0.3)(inputs.clone()));
+        let kept = values(run(true, 0.0)(inputs));
+        let diff = qkv_test_support::max_abs_diff(&dropped, &kept);
+        assert!(diff > 0.1, "{what}: dropout changed nothing ({diff})");
     }
 }
