@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
+use qkv_tensor_ops::fused::{AdamWStep, adamw_update};
 
 /// AdamW's hyper-parameters (PyTorch's names and meaning).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -151,41 +152,34 @@ impl AdamW {
                     return param;
                 };
                 let s = self.settings;
-                let g = if self.grad_scale == 1.0 {
-                    grad.clone()
-                } else {
-                    grad.clone().mul_scalar(self.grad_scale)
-                };
                 let (m, v) = match self.state.remove(&name) {
-                    Some(Moments { m, v }) => (
-                        m.mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1),
-                        v.mul_scalar(s.beta2) + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2),
-                    ),
-                    None => (
-                        g.clone().mul_scalar(1.0 - s.beta1),
-                        g.powi_scalar(2).mul_scalar(1.0 - s.beta2),
-                    ),
+                    Some(Moments { m, v }) => (m, v),
+                    None => (grad.zeros_like(), grad.zeros_like()),
                 };
                 let decay = if D >= 2 { s.weight_decay } else { 0.0 };
-                let (lr, bias1, bias2_sqrt) = (self.lr, self.bias1, self.bias2_sqrt);
-                let update = m.clone() / v.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(s.eps);
+                let step = AdamWStep {
+                    beta1: s.beta1 as f32,
+                    beta2: s.beta2 as f32,
+                    eps: s.eps as f32,
+                    decay_factor: (1.0 - self.lr * decay) as f32,
+                    step_size: (self.lr / self.bias1) as f32,
+                    bias2_sqrt: self.bias2_sqrt as f32,
+                    grad_scale: self.grad_scale as f32,
+                };
+                let p = param.val();
+                let shape = p.shape();
+                let tracked = p.is_require_grad();
+                let on_autodiff = p.is_autodiff();
+                let n = shape.num_elements();
+                let (x, m, v) = adamw_update(p.inner().reshape([n]), grad.clone(), m, v, step);
                 self.state.insert(name, Moments { m, v });
-                param.map(|p| {
-                    let shape = p.shape();
-                    let tracked = p.is_require_grad();
-                    let on_autodiff = p.is_autodiff();
-                    let n = shape.num_elements();
-                    let mut x = p.inner().reshape([n]);
-                    if decay != 0.0 {
-                        x = x.mul_scalar(1.0 - lr * decay);
-                    }
-                    let x = (x - update.mul_scalar(lr / bias1)).reshape(shape);
-                    if !on_autodiff {
-                        return x;
-                    }
-                    let x = x.autodiff();
-                    if tracked { x.require_grad() } else { x }
-                })
+                let x = x.reshape(shape);
+                let x = match (on_autodiff, tracked) {
+                    (false, _) => x,
+                    (true, false) => x.autodiff(),
+                    (true, true) => x.autodiff().require_grad(),
+                };
+                param.map(|_| x)
             }
         }
         let mut mapper = Update {

@@ -61,6 +61,51 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// Optimizer kernels as a Burn backend extension: Flex only, on parameters outside autodiff
+/// (an optimizer updates the inner tensors).
+#[backend_extension(Flex)]
+pub trait FusedOptim: Backend {
+    /// One AdamW update of a flattened parameter `p` from its gradient `g` and moments `m`,
+    /// `v` (all `[n]`): returns the new `(p, m, v)`.
+    fn qkv_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: kernels::AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl FusedOptim for Flex {
+    fn qkv_adamw(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        step: kernels::AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (p, g, m, v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
+        let shape = p.shape();
+        let n = shape.num_elements();
+        let (mut p_out, mut m_out, mut v_out) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        kernels::adamw(
+            elems(&p),
+            elems(&g),
+            elems(&m),
+            elems(&v),
+            &step,
+            &mut p_out,
+            &mut m_out,
+            &mut v_out,
+        );
+        (
+            tensor(p_out, shape.clone()),
+            tensor(m_out, shape.clone()),
+            tensor(v_out, shape),
+        )
+    }
+}
+
 /// The backward kernels the autodiff implementation of [`FusedOps`] calls on its inner backend.
 pub trait FusedBackward: Backend {
     /// LayerNorm's backward pass: `(dx, dgamma, dbeta)` from `x`, `gamma` and `dy`.

@@ -25,8 +25,9 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Distribution};
 
 use crate::mask::causal_mask;
-use backend::FusedOps;
+use backend::{FusedOps, FusedOptim};
 use burn::backend::Dispatch;
+pub use kernels::AdamWStep;
 
 /// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or
 /// without autodiff) and `f32`.
@@ -251,6 +252,70 @@ pub fn flash_attention_explicit(
         dropout_prob,
     )
     .matmul(v)
+}
+
+/// One AdamW update of a flattened parameter, PyTorch's `torch.optim.AdamW` formula:
+///
+/// ```text
+/// g ← g·grad_scale
+/// m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
+/// p ← p·decay_factor − step_size · m / (√v / bias2_sqrt + ε)
+/// ```
+///
+/// On Flex, outside autodiff, one kernel reads each tensor once and writes the three results
+/// (thirteen tensor ops, each a pass over memory, on the explicit path); elsewhere it is
+/// [`adamw_update_explicit`], which the tests compare it with.
+///
+/// - `p`, `g`, `m`, `v`: `[n]` (first step: zero moments)
+/// - returns the new `(p, m, v)`, each `[n]`
+pub fn adamw_update(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    step: AdamWStep,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let device = p.device();
+    if device.is_autodiff() || !has_fused_kernels(&device, p.dtype()) {
+        return adamw_update_explicit(p, g, m, v, step);
+    }
+    let (p, m, v) = <Dispatch as FusedOptim>::qkv_adamw(
+        p.into_dispatch(),
+        g.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        step,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
+}
+
+/// [`adamw_update`] as separate tensor ops: the oracle, and the path off Flex.
+pub fn adamw_update_explicit(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    step: AdamWStep,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let s = step;
+    let g = if s.grad_scale == 1.0 {
+        g
+    } else {
+        g.mul_scalar(s.grad_scale)
+    };
+    let m = m.mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1);
+    let v = v.mul_scalar(s.beta2) + g.powi_scalar(2).mul_scalar(1.0 - s.beta2);
+    let update = m.clone() / v.clone().sqrt().div_scalar(s.bias2_sqrt).add_scalar(s.eps);
+    let p = if s.decay_factor == 1.0 {
+        p
+    } else {
+        p.mul_scalar(s.decay_factor)
+    };
+    (p - update.mul_scalar(s.step_size), m, v)
 }
 
 /// A 48-bit seed from the backend's generator: 24 random bits from each of two uniform draws.
