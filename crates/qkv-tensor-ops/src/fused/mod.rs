@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod flash;
 pub mod kernels;
+pub mod tile_matmul;
 
 use burn::backend::DispatchDevice;
 use burn::prelude::*;
