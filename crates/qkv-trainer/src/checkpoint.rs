@@ -1,28 +1,31 @@
 //! Checkpoints: weights, optimizer state and the run's position, written so that a crash at
-//! any moment leaves the previous checkpoint loadable.
+//! any moment, and any number of crashes in a row, leave a complete checkpoint loadable.
 //!
 //! A checkpoint is a directory `checkpoint/` in the run directory holding
-//! `model.safetensors` (the weights, under [`qkv_transformer::weights`]' names),
-//! `optimizer.safetensors` (AdamW's `m.<name>` and `v.<name>`), and `state.json` (step, RNG
-//! state, optimizer step count, and the config). It is written as `checkpoint.tmp/`, every
-//! file flushed to disk, then swapped in with two renames (`checkpoint/` → `checkpoint.old/`,
-//! `checkpoint.tmp/` → `checkpoint/`). A crash before the swap leaves the old checkpoint; a
-//! crash between the renames leaves `checkpoint.old/`, which [`Checkpoint::load`] falls
-//! back to.
+//! `model.safetensors` (the weights), `optimizer.safetensors` (AdamW's `m.<name>` and
+//! `v.<name>`, by module path) and `state.json` (step, RNG state, optimizer step count, the
+//! task and its config). One format for every [`Task`](crate::Task).
+//!
+//! A save writes `checkpoint.tmp/`, every file synced, then swaps it in with two renames
+//! (`checkpoint/` → `checkpoint.old/`, `checkpoint.tmp/` → `checkpoint/`), syncing the run
+//! directory after each, and removes `checkpoint.old/`. So at every instant either
+//! `checkpoint/` is complete, or it is absent and `checkpoint.old/` is complete. Every reader
+//! goes through [`latest`], which finds that one, and a save that finds only
+//! `checkpoint.old/` (a crash between the renames) first moves it back, so the next crash
+//! cannot take it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use qkv_transformer::Gpt;
-use qkv_transformer::weights::{HostTensors, read_safetensors, serialize_host};
+use qkv_transformer::weights::{HostTensors, read_safetensors, serialize_host, sync_dir};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::optim::{AdamW, Moments};
+use crate::optim::{AdamW, AdamWSettings, Moments};
 
-/// Where a run stands, saved beside the weights.
+/// Where a run stands, saved beside the weights as `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunState {
@@ -32,15 +35,25 @@ pub struct RunState {
     pub rng_state: u64,
     /// AdamW's update count.
     pub optimizer_t: u64,
-    /// The run's configuration.
-    pub config: TrainConfig,
-    /// The vocabulary size the model was built with.
-    pub vocab_size: usize,
+    /// The task's kind (`lm`, `translate`); runs saved before there were two are `lm`.
+    #[serde(default = "lm")]
+    pub task: String,
+    /// The task's whole config.
+    pub config: serde_json::Value,
+    /// The vocabulary size the model was built with (language models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+}
+
+fn lm() -> String {
+    "lm".into()
 }
 
 /// What a checkpoint holds, once loaded.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The directory it was read from (`checkpoint/` or `checkpoint.old/`).
+    pub dir: PathBuf,
     /// The model's weights, by name.
     pub weights: HostTensors,
     /// The optimizer moments, by name (`m.<param>`, `v.<param>`).
@@ -53,6 +66,63 @@ pub struct Checkpoint {
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoint")
 }
+
+/// The last complete checkpoint of a run: `checkpoint/`, or `checkpoint.old/` when a crash
+/// came between a save's two renames. The error says what the directory holds instead.
+pub fn latest(run_dir: &Path) -> Result<PathBuf, TrainError> {
+    let current = checkpoint_dir(run_dir);
+    if current.join("state.json").is_file() {
+        return Ok(current);
+    }
+    let old = run_dir.join("checkpoint.old");
+    if old.join("state.json").is_file() {
+        return Ok(old);
+    }
+    let what = if !run_dir.is_dir() {
+        "the directory does not exist"
+    } else if run_dir.join("checkpoint.tmp").is_dir() {
+        "it has only checkpoint.tmp/, a save that never finished: the run crashed before its first checkpoint"
+    } else {
+        "it has no checkpoint/ (train into it with cargo xtask train --out DIR)"
+    };
+    Err(TrainError::Checkpoint {
+        path: run_dir.to_path_buf(),
+        reason: format!("no complete checkpoint: {what}"),
+    })
+}
+
+/// Whether `dir` holds a run (a checkpoint, a config, or metrics), so that starting a new
+/// run there would overwrite something.
+pub fn holds_a_run(dir: &Path) -> bool {
+    [
+        "checkpoint",
+        "checkpoint.old",
+        "checkpoint.tmp",
+        "config.json",
+        "translate.json",
+        "metrics.jsonl",
+    ]
+    .iter()
+    .any(|name| dir.join(name).exists())
+}
+
+/// The points of a save, in order, at which a test can stop it as a crash would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavePoint {
+    /// A `checkpoint.old/` left alone by an earlier crash was moved back.
+    Recovered,
+    /// File number `n` (0-based: model, optimizer, state) of `checkpoint.tmp/` is written.
+    FileWritten(usize),
+    /// `checkpoint/` was renamed to `checkpoint.old/`.
+    OldMoved,
+    /// `checkpoint.tmp/` was renamed to `checkpoint/`.
+    NewMoved,
+    /// `checkpoint.old/` was removed: the save is done.
+    Done,
+}
+
+/// Called at each [`SavePoint`]; an error stops the save there and is returned.
+pub type SaveHook = Box<dyn FnMut(SavePoint) -> Result<(), TrainError> + Send>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
@@ -68,21 +138,37 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     file.sync_all().map_err(io(path))
 }
 
-/// Saves model, optimizer and state atomically into `run_dir/checkpoint/`.
-///
-/// `fail_after_files` exists for tests: it stops the write after that many files, as a crash
-/// would, and returns an error.
+fn remove_dir(dir: &Path) -> Result<(), TrainError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Saves a model's weights (as `weights`, a safetensors file), the optimizer and the state
+/// into `run_dir/checkpoint/`, with the guarantees of the [module documentation](self).
 pub fn save(
     run_dir: &Path,
-    model: &Gpt,
+    weights: Vec<u8>,
     optimizer: &AdamW,
     state: &RunState,
-    fail_after_files: Option<usize>,
+    hook: &mut Option<SaveHook>,
 ) -> Result<(), TrainError> {
+    let mut at = |point| match hook {
+        Some(hook) => hook(point),
+        None => Ok(()),
+    };
     let tmp = run_dir.join("checkpoint.tmp");
     let old = run_dir.join("checkpoint.old");
     let target = checkpoint_dir(run_dir);
-    let _ = std::fs::remove_dir_all(&tmp);
+    let sync_run = || sync_dir(run_dir).map_err(io(run_dir));
+    if !target.join("state.json").is_file() && old.join("state.json").is_file() {
+        remove_dir(&target)?;
+        std::fs::rename(&old, &target).map_err(io(&old))?;
+        sync_run()?;
+        at(SavePoint::Recovered)?;
+    }
+    remove_dir(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
 
     let mut moments: HostTensors = BTreeMap::new();
@@ -99,42 +185,36 @@ pub fn save(
     }
     let state_json = serde_json::to_string_pretty(state).expect("state serialises");
     let files: [(&str, Vec<u8>); 3] = [
-        ("model.safetensors", model.to_safetensors_bytes()),
+        ("model.safetensors", weights),
         ("optimizer.safetensors", serialize_host(&moments, None)),
         ("state.json", state_json.into_bytes()),
     ];
-    for (written, (name, bytes)) in files.iter().enumerate() {
-        if fail_after_files == Some(written) {
-            return Err(TrainError::Io {
-                path: tmp.join(name),
-                source: std::io::Error::other("simulated crash while writing the checkpoint"),
-            });
-        }
+    for (n, (name, bytes)) in files.iter().enumerate() {
         write_synced(&tmp.join(name), bytes)?;
+        at(SavePoint::FileWritten(n))?;
     }
-    let _ = std::fs::remove_dir_all(&old);
+    sync_dir(&tmp).map_err(io(&tmp))?;
+    // `checkpoint/` is complete here (or absent), so an `old` is a leftover.
+    remove_dir(&old)?;
     if target.exists() {
         std::fs::rename(&target, &old).map_err(io(&target))?;
+        sync_run()?;
+        at(SavePoint::OldMoved)?;
     }
     std::fs::rename(&tmp, &target).map_err(io(&target))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    sync_run()?;
+    at(SavePoint::NewMoved)?;
+    remove_dir(&old)?;
+    sync_run()?;
+    at(SavePoint::Done)
 }
 
 impl Checkpoint {
-    /// Loads `run_dir/checkpoint/` (or `checkpoint.old/` when a crash interrupted the swap).
+    /// Loads the last complete checkpoint of `run_dir` (see [`latest`]).
     pub fn load(run_dir: &Path) -> Result<Self, TrainError> {
-        let mut dir = checkpoint_dir(run_dir);
-        if !dir.join("state.json").exists() && run_dir.join("checkpoint.old/state.json").exists() {
-            dir = run_dir.join("checkpoint.old");
-        }
+        let dir = latest(run_dir)?;
         let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Checkpoint {
-            path: dir.clone(),
-            reason: format!(
-                "no readable state.json ({e}); is this a qkv run directory with a checkpoint?"
-            ),
-        })?;
+        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
         let state: RunState = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
             path: state_path.clone(),
             reason: format!("unreadable state: {e}"),
@@ -148,33 +228,48 @@ impl Checkpoint {
             weights: read("model.safetensors")?,
             optimizer: read("optimizer.safetensors")?,
             state,
+            dir,
         })
     }
 
-    /// Rebuilds the optimizer on `device`, checking that every moment matches a parameter.
-    pub fn optimizer(
+    /// Where the weights were read from (for error messages).
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+
+    /// Rebuilds the optimizer on `device` for `model`, checking that every moment matches a
+    /// parameter.
+    pub fn optimizer<M: Module>(
         &self,
-        settings: crate::optim::AdamWSettings,
-        model: &Gpt,
+        settings: AdamWSettings,
+        model: &M,
         device: &Device,
     ) -> Result<AdamW, TrainError> {
+        let path = self.dir.join("optimizer.safetensors");
         let mut optimizer = AdamW::new(settings);
         optimizer.t = self.state.optimizer_t;
         let shapes: BTreeMap<String, usize> = optimizer_names(model);
         for (name, (shape, m)) in &self.optimizer {
             let Some(param) = name.strip_prefix("m.") else {
+                if !name.starts_with("v.") {
+                    return Err(TrainError::Checkpoint {
+                        path,
+                        reason: format!("{name:?} is neither m.<param> nor v.<param>"),
+                    });
+                }
                 continue;
             };
             let expected = shapes.get(param).copied();
-            let (vshape, v) = self.optimizer.get(&format!("v.{param}")).ok_or_else(|| {
-                TrainError::Checkpoint {
-                    path: PathBuf::from("optimizer.safetensors"),
-                    reason: format!("m.{param} has no matching v.{param}"),
-                }
-            })?;
-            if expected != Some(shape[0]) || vshape != shape {
+            let (vshape, v) =
+                self.optimizer
+                    .get(&format!("v.{param}"))
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: path.clone(),
+                        reason: format!("m.{param} has no matching v.{param}"),
+                    })?;
+            if shape.len() != 1 || expected != Some(shape[0]) || vshape != shape {
                 return Err(TrainError::Checkpoint {
-                    path: PathBuf::from("optimizer.safetensors"),
+                    path,
                     reason: format!(
                         "optimizer state for {param:?} has shape {shape:?}, but the model's parameter has {expected:?} elements"
                     ),
@@ -196,8 +291,7 @@ impl Checkpoint {
 }
 
 /// The optimizer's names for a model's parameters (Burn module paths) and their sizes.
-pub fn optimizer_names(model: &Gpt) -> BTreeMap<String, usize> {
-    use burn::module::{Module, ModuleVisitor, Param};
+pub fn optimizer_names<M: Module>(model: &M) -> BTreeMap<String, usize> {
     struct Names {
         path: Vec<String>,
         out: BTreeMap<String, usize>,

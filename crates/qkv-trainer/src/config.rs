@@ -108,6 +108,9 @@ pub struct TrainConfig {
     pub eval_iters: usize,
     /// Seed of batching, initialisation and dropout.
     pub seed: u64,
+    /// Stop (after evaluating and saving) once this many seconds have passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_s: Option<f64>,
 }
 
 /// The model half of a [`TrainConfig`]: a [`GptConfig`] without the vocabulary, which comes
@@ -190,6 +193,7 @@ impl TrainConfig {
             eval_interval: 250,
             eval_iters: 16,
             seed: 1337,
+            time_limit_s: None,
         }
     }
 
@@ -225,6 +229,7 @@ impl TrainConfig {
             eval_interval: 250,
             eval_iters: 20,
             seed: 1337,
+            time_limit_s: None,
         }
     }
 
@@ -275,6 +280,7 @@ impl TrainConfig {
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("weight_decay and grad_clip must not be negative".into());
         }
+        check_time_limit(self.time_limit_s)?;
         if self.eval_interval == 0 || self.eval_iters == 0 {
             return bad("eval_interval and eval_iters must be at least 1".into());
         }
@@ -291,5 +297,15 @@ impl TrainConfig {
         // The model's own checks (heads divide width, dropout range, ...).
         self.model.gpt(1).validate()?;
         Ok(())
+    }
+}
+
+/// A time limit must be a positive number of seconds.
+pub(crate) fn check_time_limit(limit: Option<f64>) -> Result<(), TrainError> {
+    match limit {
+        Some(s) if !(s.is_finite() && s > 0.0) => Err(TrainError::Config(format!(
+            "the time limit must be a positive number of seconds, got {s} (--time-limit)"
+        ))),
+        _ => Ok(()),
     }
 }

@@ -36,9 +36,18 @@ pub enum TrainError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A new run was started in a directory that holds one.
+    #[error(
+        "{path} already holds a run; continue it with --resume, start over with --overwrite, or choose another --out"
+    )]
+    RunExists {
+        /// The run directory.
+        path: PathBuf,
+    },
     /// The loss stopped being a number.
     #[error(
-        "the loss became {loss} at step {step}; training stopped and the last good checkpoint (step {last_good}) was kept. Try a lower --lr, or --grad-clip 1.0"
+        "the loss became {loss} at step {step}; training stopped and {}. Try a lower --lr, or --grad-clip 1.0",
+        kept(*.last_good)
     )]
     Diverged {
         /// The step.
@@ -48,4 +57,12 @@ pub enum TrainError {
         /// The step of the kept checkpoint (0 if none).
         last_good: usize,
     },
+}
+
+fn kept(last_good: usize) -> String {
+    if last_good == 0 {
+        "no checkpoint had been written yet".into()
+    } else {
+        format!("the last good checkpoint (step {last_good}) was kept")
+    }
 }

@@ -1,27 +1,35 @@
-//! The qkv training loop, written out: AdamW with weight decay on matrices only, linear
+//! The qkv training layer, written out: one [`Trainer`] for every [`Task`] (the language
+//! model and the encoder–decoder are two), AdamW with weight decay on matrices only, linear
 //! warm-up then cosine decay, clipping by the global gradient norm (as nanoGPT and PyTorch's
-//! `clip_grad_norm_` do), gradient accumulation, periodic evaluation, checkpoints that a
-//! crash cannot corrupt, exact resume, and `metrics.jsonl`.
+//! `clip_grad_norm_` do), gradient accumulation, periodic evaluation, checkpoints that no
+//! crash can corrupt, exact resume, divergence checks, Ctrl-C and time limits, and
+//! `metrics.jsonl` with its plots.
 //!
 //! The trainer is handed a device; it never picks a backend. Give it an autodiff one:
-//! `Trainer::new(config, run_dir, cache_dir, &device.autodiff(), resume)`.
+//! `Trainer::new(LanguageModel::open(config, cache_dir)?, run_dir, &device.autodiff(), Start::Fresh)`.
 
 pub mod checkpoint;
 mod config;
 mod error;
+mod lm;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 mod schedule;
 mod source;
+mod step;
+mod task;
 mod trainer;
 pub mod translate;
 
 pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfig};
 pub use error::TrainError;
+pub use lm::{LanguageModel, full_split_loss, tensors};
 pub use schedule::WarmupCosine;
 pub use source::BatchSource;
-pub use trainer::{Event, RunSummary, Trainer, adamw_settings, full_split_loss, tensors};
+pub use step::{StepReport, train_step};
+pub use task::{Evaluation, Recipe, Task};
+pub use trainer::{Event, RunSummary, Start, StopReason, Trainer};
 
 #[cfg(test)]
 mod tests;

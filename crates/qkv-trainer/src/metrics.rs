@@ -85,31 +85,46 @@ pub struct HeadRecord {
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    /// What opening it found wrong and repaired (a torn last line), for the caller to show.
+    pub warnings: Vec<String>,
 }
 
 impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl`. A new run truncates it; a resumed one keeps the lines
-    /// up to `keep_through_step` and drops later ones (they were never checkpointed).
+    /// up to `keep_through_step` and drops later ones (they were never checkpointed). A torn
+    /// last line (a crash in the middle of a write) is cut with a warning; any other
+    /// unreadable line is an error, so that history is never dropped silently.
     pub fn open(run_dir: &Path, keep_through_step: Option<usize>) -> Result<Self, TrainError> {
         let path = run_dir.join("metrics.jsonl");
-        let kept: Vec<String> = match keep_through_step {
-            Some(step) => read(&path)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.step <= step)
-                .map(|r| serde_json::to_string(&r).expect("record serialises"))
-                .collect(),
-            None => Vec::new(),
-        };
         let io = |source| TrainError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::File::create(&path).map_err(io)?;
-        for line in kept {
-            writeln!(file, "{line}").map_err(io)?;
+        let mut warnings = Vec::new();
+        let kept: Vec<MetricsRecord> = match keep_through_step {
+            Some(step) if path.exists() => {
+                let (records, warning) = read_checked(&path)?;
+                warnings.extend(warning);
+                records.into_iter().filter(|r| r.step <= step).collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut text = String::new();
+        for record in &kept {
+            text.push_str(&serde_json::to_string(record).expect("record serialises"));
+            text.push('\n');
         }
-        Ok(Self { path, file })
+        // The kept lines replace the file in one rename: a crash here loses nothing.
+        qkv_transformer::weights::write_atomically(&path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        Ok(Self {
+            path,
+            file,
+            warnings,
+        })
     }
 
     /// Appends one record.
@@ -120,19 +135,55 @@ impl MetricsLog {
             source,
         })
     }
+
+    /// Flushes the lines written so far to disk (before a checkpoint names their step).
+    pub fn sync(&mut self) -> Result<(), TrainError> {
+        self.file.sync_data().map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
-/// Reads every record of a `metrics.jsonl`.
+/// Reads every record of a `metrics.jsonl`, leaving out a torn last line.
 pub fn read(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
+    read_checked(path).map(|(records, _)| records)
+}
+
+/// Reads every record of a `metrics.jsonl`. A last line that is cut short (no newline at its
+/// end, and not JSON) is left out, and the warning says so; any other bad line is an error
+/// naming its line number.
+pub fn read_checked(path: &Path) -> Result<(Vec<MetricsRecord>, Option<String>), TrainError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
         path: path.into(),
         source,
     })?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .map_err(|e| TrainError::Config(format!("{}: bad line: {e}", path.display())))
-        })
-        .collect()
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    let mut warning = None;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(_) if torn_tail && i + 1 == lines.len() => {
+                warning = Some(format!(
+                    "{}: line {} was cut short by a crash ({} bytes); it is left out",
+                    path.display(),
+                    i + 1,
+                    line.len()
+                ));
+            }
+            Err(e) => {
+                return Err(TrainError::Config(format!(
+                    "{}: line {} is not a metrics record ({e}); move the file away to start its history anew",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok((records, warning))
 }

@@ -17,18 +17,26 @@ pub enum BatchSource {
 }
 
 impl BatchSource {
-    /// Opens the data a config names. `cache_dir` is where downloads are kept.
-    pub fn open(config: &TrainConfig, cache_dir: &Path) -> Result<Self, TrainError> {
+    /// Opens the data a config names. `cache_dir` is where downloads are kept. A text is
+    /// tokenized with `tokenizer` when given (a run's saved `tokenizer.json`, so that a
+    /// finished run is evaluated with the vocabulary it was trained with), else with one
+    /// built from the text.
+    pub fn open(
+        config: &TrainConfig,
+        cache_dir: &Path,
+        tokenizer: Option<Tokenizer>,
+    ) -> Result<Self, TrainError> {
+        let saved = tokenizer;
         let source = match &config.data {
             DataConfig::Recall { .. } => {
                 BatchSource::Recall(config.data.recall().expect("recall config"))
             }
             DataConfig::Shakespeare { path, tokenizer } => {
                 let file = qkv_data::tiny_shakespeare(path.as_deref(), cache_dir)?;
-                BatchSource::Text(Box::new(text_dataset(&file, *tokenizer)?))
+                BatchSource::Text(Box::new(text_dataset(&file, *tokenizer, saved)?))
             }
             DataConfig::TextFile { path, tokenizer } => {
-                BatchSource::Text(Box::new(text_dataset(path, *tokenizer)?))
+                BatchSource::Text(Box::new(text_dataset(path, *tokenizer, saved)?))
             }
         };
         if let BatchSource::Text(text) = &source {
@@ -60,9 +68,17 @@ impl BatchSource {
     }
 }
 
-/// Reads and tokenizes a text file with the chosen tokenizer, built from the text itself.
-fn text_dataset(path: &Path, choice: TokenizerChoice) -> Result<TextDataset, TrainError> {
+/// Reads and tokenizes a text file with `saved`, or the chosen tokenizer built from the text
+/// itself.
+fn text_dataset(
+    path: &Path,
+    choice: TokenizerChoice,
+    saved: Option<Tokenizer>,
+) -> Result<TextDataset, TrainError> {
     let text = qkv_data::read_text(path)?;
+    if let Some(tokenizer) = saved {
+        return Ok(TextDataset::from_text(&text, tokenizer)?);
+    }
     let tokenizer = match choice {
         TokenizerChoice::Char => Tokenizer::Char(qkv_data::CharTokenizer::from_text(&text)),
         TokenizerChoice::Bpe { vocab_size } => {

@@ -1,21 +1,29 @@
-//! The training loop.
+//! The training loop, one for every [`Task`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::prelude::*;
-use qkv_data::{IGNORE, Split, TokenBatch};
-use qkv_tensor_ops::attention_stats;
-use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
+use qkv_transformer::SplitMix64;
+use qkv_transformer::weights::write_atomically;
 
-use crate::checkpoint::{self, Checkpoint, RunState};
-use crate::config::TrainConfig;
+use crate::checkpoint::{self, Checkpoint, RunState, SaveHook};
 use crate::error::TrainError;
-use crate::metrics::{HeadRecord, MetricsLog, MetricsRecord};
-use crate::optim::{AdamW, AdamWSettings, NamedGrads, clip_factor};
-use crate::schedule::WarmupCosine;
-use crate::source::BatchSource;
+use crate::metrics::{MetricsLog, MetricsRecord};
+use crate::optim::AdamW;
+use crate::step::train_step;
+use crate::task::{Evaluation, Task};
+
+/// How [`Trainer::new`] treats the run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run; the directory must not hold one already.
+    Fresh,
+    /// Continue the run saved in the directory, exactly where its last checkpoint stopped.
+    Resume,
+    /// A new run that replaces whatever run the directory holds.
+    Overwrite,
+}
 
 /// What the loop reports as it goes, for a progress display.
 #[derive(Debug, Clone)]
@@ -26,23 +34,30 @@ pub enum Event {
     Eval {
         /// The step.
         step: usize,
-        /// Mean training loss.
-        train_loss: f64,
-        /// Mean validation loss.
-        val_loss: f64,
-        /// Validation accuracy of next-token argmax.
-        val_accuracy: f64,
+        /// What it measured.
+        evaluation: Evaluation,
     },
     /// A checkpoint was written.
     Checkpoint {
         /// Its step.
         step: usize,
     },
-    /// Ctrl-C: the run saved and stopped.
-    Interrupted {
+    /// Ctrl-C or the time limit: the run saved and stopped.
+    Stopped {
         /// The step it stopped at.
         step: usize,
+        /// Why.
+        reason: StopReason,
     },
+}
+
+/// Why a run stopped before `max_iters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Ctrl-C (the interrupt flag).
+    Interrupted,
+    /// The recipe's time limit passed.
+    TimeLimit,
 }
 
 /// How a run ended.
@@ -50,10 +65,10 @@ pub enum Event {
 pub struct RunSummary {
     /// Updates completed in total (resumed ones included).
     pub step: usize,
-    /// The final evaluation, if one ran.
-    pub final_eval: Option<(f64, f64, f64)>,
-    /// Whether Ctrl-C stopped it.
-    pub interrupted: bool,
+    /// The last evaluation, if one ran.
+    pub final_eval: Option<Evaluation>,
+    /// Why it stopped early, if it did.
+    pub stopped: Option<StopReason>,
     /// Seconds this process spent training.
     pub wall_s: f64,
     /// Mean milliseconds per update in this process.
@@ -62,324 +77,233 @@ pub struct RunSummary {
     pub tokens_per_s: f64,
 }
 
-/// A training run: model, optimizer, data, and where it writes.
-pub struct Trainer {
-    /// The resolved configuration.
-    pub config: TrainConfig,
+/// A training run: a task, its model and optimizer, and the directory it writes.
+pub struct Trainer<T: Task> {
+    /// What is trained.
+    pub task: T,
     /// The run directory.
     pub run_dir: PathBuf,
     /// The model, on an autodiff device.
-    pub model: Gpt,
+    pub model: T::Model,
     /// The optimizer.
     pub optimizer: AdamW,
-    /// The data.
-    pub source: BatchSource,
     /// Updates done.
     pub step: usize,
     /// Batching generator.
     pub rng: SplitMix64,
     device: Device,
-    /// For tests: make the next checkpoint write fail after this many files.
-    pub fail_checkpoint_after_files: Option<usize>,
+    /// Called at each point of every checkpoint save (tests stop saves with it).
+    pub save_hook: Option<SaveHook>,
 }
 
-impl Trainer {
-    /// A new run in `run_dir` (created; an existing checkpoint there is replaced), or, with
-    /// `resume`, the continuation of the run saved there. `device` must support autodiff
-    /// (`Device::flex().autodiff()` and the like).
-    pub fn new(
-        config: TrainConfig,
-        run_dir: &Path,
-        cache_dir: &Path,
-        device: &Device,
-        resume: bool,
-    ) -> Result<Self, TrainError> {
-        config.validate()?;
+use burn::prelude::Device;
+
+impl<T: Task> Trainer<T> {
+    /// A run of `task` in `run_dir` on `device`, which must support autodiff
+    /// (`Device::flex().autodiff()` and the like). See [`Start`] for what happens to a run
+    /// already in the directory.
+    pub fn new(task: T, run_dir: &Path, device: &Device, start: Start) -> Result<Self, TrainError> {
+        let recipe = task.recipe();
+        if start == Start::Fresh && checkpoint::holds_a_run(run_dir) {
+            return Err(TrainError::RunExists {
+                path: run_dir.to_path_buf(),
+            });
+        }
+        if start == Start::Overwrite {
+            for name in ["checkpoint", "checkpoint.old", "checkpoint.tmp"] {
+                let dir = run_dir.join(name);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|source| TrainError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
         std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
             path: run_dir.into(),
             source,
         })?;
-        let source = BatchSource::open(&config, cache_dir)?;
-        let tokenizer = source.tokenizer();
-        let vocab_size = tokenizer.vocab_size();
-        let gpt_config = config.model.gpt(vocab_size);
-        let settings = adamw_settings(&config);
-        device.seed(config.seed);
-        let fresh = gpt_config.try_init(device)?;
-
-        let (model, optimizer, step, rng) = if resume {
+        device.seed(recipe.seed);
+        let fresh = task.init_model(device)?;
+        let (model, optimizer, step, rng) = if start == Start::Resume {
             let checkpoint = Checkpoint::load(run_dir)?;
-            let saved = &checkpoint.state;
-            let path = checkpoint::checkpoint_dir(run_dir);
-            if saved.config.model != config.model {
+            if checkpoint.state.task != T::KIND {
                 return Err(TrainError::Checkpoint {
-                    path,
+                    path: checkpoint.dir.clone(),
                     reason: format!(
-                        "it was saved from a model with another config ({:?}), this run asks for {:?}",
-                        saved.config.model, config.model
+                        "it is a {} run, this is a {} run",
+                        checkpoint.state.task,
+                        T::KIND
                     ),
                 });
             }
-            if saved.vocab_size != vocab_size {
-                return Err(TrainError::Checkpoint {
-                    path,
-                    reason: format!(
-                        "its vocabulary has {} tokens, this data's has {vocab_size}",
-                        saved.vocab_size
-                    ),
-                });
-            }
-            let saved_tokenizer = qkv_data::Tokenizer::load(&run_dir.join("tokenizer.json"))?;
-            if saved_tokenizer.to_json()? != tokenizer.to_json()? {
-                return Err(TrainError::Checkpoint {
-                    path,
-                    reason: "its tokenizer differs from this data's".into(),
-                });
-            }
-            let model =
-                fresh.load_named(checkpoint.weights.clone(), &path.join("model.safetensors"))?;
+            task.check_resume(&checkpoint.state, run_dir)?;
+            let path = checkpoint.weights_path();
+            let model = task.load_weights(fresh, checkpoint.weights.clone(), &path)?;
             let optimizer =
-                checkpoint.optimizer(settings, &model, &device.clone().without_autodiff())?;
-            (
-                model,
-                optimizer,
-                saved.step,
-                SplitMix64 {
-                    state: saved.rng_state,
-                },
-            )
+                checkpoint.optimizer(recipe.adamw, &model, &device.clone().without_autodiff())?;
+            let rng = SplitMix64 {
+                state: checkpoint.state.rng_state,
+            };
+            (model, optimizer, checkpoint.state.step, rng)
         } else {
-            (fresh, AdamW::new(settings), 0, SplitMix64::new(config.seed))
+            (fresh, AdamW::new(recipe.adamw), 0, SplitMix64::new(recipe.seed))
         };
-        let config_json = serde_json::to_string_pretty(&config).expect("config serialises");
-        std::fs::write(run_dir.join("config.json"), config_json).map_err(|source| {
-            TrainError::Io {
-                path: run_dir.join("config.json"),
-                source,
-            }
-        })?;
-        tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        std::fs::write(
-            run_dir.join("model_config.json"),
-            serde_json::to_string_pretty(&gpt_config).expect("config"),
-        )
-        .map_err(|source| TrainError::Io {
-            path: run_dir.join("model_config.json"),
-            source,
-        })?;
+        for (name, bytes) in task.side_files()? {
+            write_atomically(&run_dir.join(name), &bytes)?;
+        }
         Ok(Self {
-            config,
+            task,
             run_dir: run_dir.to_path_buf(),
             model,
             optimizer,
-            source,
             step,
             rng,
             device: device.clone(),
-            fail_checkpoint_after_files: None,
+            save_hook: None,
         })
     }
 
-    fn batch(&mut self, split: Split) -> TokenBatch {
-        let rng = &mut self.rng;
-        self.source.batch(
-            split,
-            self.config.batch_size,
-            self.config.model.block_size,
-            &mut |n| rng.below(n),
-        )
-    }
-
-    /// Runs until `max_iters` (or `stop_at`, for tests), evaluating and checkpointing every
-    /// `eval_interval` steps and at the end. Ctrl-C (`interrupt`) saves and returns.
+    /// Runs until the recipe's `max_iters` (or `stop_at`, if sooner), evaluating and
+    /// checkpointing every `eval_interval` steps and at the end. Ctrl-C (`interrupt`) and the
+    /// time limit evaluate, save and return. A loss or gradient norm that is not a number
+    /// stops the run with [`TrainError::Diverged`], keeping the last checkpoint.
     pub fn run(
         &mut self,
         interrupt: &AtomicBool,
         stop_at: Option<usize>,
         mut on_event: impl FnMut(&Event),
     ) -> Result<RunSummary, TrainError> {
+        let recipe = self.task.recipe();
         let mut log = MetricsLog::open(&self.run_dir, (self.step > 0).then_some(self.step))?;
-        let schedule = WarmupCosine {
-            lr: self.config.lr,
-            min_lr: self.config.min_lr,
-            warmup_iters: self.config.warmup_iters,
-            decay_iters: self.config.lr_decay_iters,
-        };
-        let end = stop_at
-            .unwrap_or(self.config.max_iters)
-            .min(self.config.max_iters);
+        for warning in log.warnings.drain(..) {
+            eprintln!("warning: {warning}");
+        }
+        let end = stop_at.unwrap_or(recipe.max_iters).min(recipe.max_iters);
         let started = Instant::now();
-        let (mut steps_here, mut tokens_here) = (0usize, 0usize);
-        let mut last_good = if self.step > 0 { self.step } else { 0 };
-        let mut final_eval = None;
-        while self.step < end {
+        let stop_reason = || {
             if interrupt.load(Ordering::SeqCst) {
-                self.save()?;
-                on_event(&Event::Interrupted { step: self.step });
-                return Ok(self.summary(final_eval, true, started, steps_here, tokens_here));
+                Some(StopReason::Interrupted)
+            } else if recipe
+                .time_limit_s
+                .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit)
+            {
+                Some(StopReason::TimeLimit)
+            } else {
+                None
+            }
+        };
+        let (mut steps_here, mut tokens_here) = (0usize, 0usize);
+        let mut last_good = self.step;
+        let mut final_eval = None;
+        let mut stopped = None;
+        while self.step < end {
+            // A stop asked for while the last step was reported: save it and return.
+            if let Some(reason) = stop_reason() {
+                stopped = Some(reason);
+                if last_good != self.step {
+                    log.sync()?;
+                    self.save()?;
+                    on_event(&Event::Checkpoint { step: self.step });
+                }
+                break;
             }
             let t0 = Instant::now();
-            let lr = schedule.at(self.step);
+            let lr = recipe.schedule.at(self.step);
             // Dropout masks come from the device's generator; seeding it per step makes them
             // a function of the step, so a resumed run draws the same ones.
-            self.device
-                .seed(self.config.seed.wrapping_add(self.step as u64));
-            let mut grads = NamedGrads::default();
-            let mut loss_sum = 0.0;
-            for _ in 0..self.config.grad_accum {
-                let batch = self.batch(Split::Train);
-                let (x, y) = tensors(&batch, &self.device);
-                let loss = cross_entropy(self.model.forward(x), y, Some(IGNORE));
-                let loss = if self.config.grad_accum > 1 {
-                    loss.div_scalar(self.config.grad_accum as f64)
+            self.device.seed(recipe.seed.wrapping_add(self.step as u64));
+            let mut tokens = 0;
+            let (task, rng, device) = (&self.task, &mut self.rng, &self.device);
+            let (model, report) = train_step(
+                self.model.clone(),
+                &mut self.optimizer,
+                recipe.grad_accum,
+                lr,
+                recipe.grad_clip,
+                |model| {
+                    let batch = task.batch(rng);
+                    tokens += task.batch_tokens(&batch);
+                    task.loss(model, &batch, device)
+                },
+            )?;
+            if !report.applied {
+                let bad = if report.loss.is_finite() {
+                    report.grad_norm
                 } else {
-                    loss
+                    report.loss
                 };
-                let g = loss.backward();
-                loss_sum += loss.into_scalar::<f32>() as f64;
-                grads.accumulate(NamedGrads::collect(&self.model, &g));
-            }
-            if !loss_sum.is_finite() {
                 return Err(TrainError::Diverged {
                     step: self.step + 1,
-                    loss: loss_sum,
+                    loss: bad,
                     last_good,
                 });
             }
-            let grad_norm = grads.global_norm();
-            if !grad_norm.is_finite() {
-                return Err(TrainError::Diverged {
-                    step: self.step + 1,
-                    loss: grad_norm,
-                    last_good,
-                });
-            }
-            let scale = clip_factor(grad_norm, self.config.grad_clip);
-            let model = self.model.clone();
-            self.model = self.optimizer.step(model, &grads, lr, scale);
+            self.model = model;
             self.step += 1;
-            let elapsed = t0.elapsed().as_secs_f64();
-            let tokens =
-                self.config.batch_size * self.config.grad_accum * self.config.model.block_size;
             steps_here += 1;
             tokens_here += tokens;
+            let elapsed = t0.elapsed().as_secs_f64();
             let mut record =
-                MetricsRecord::update(self.step, loss_sum, lr, grad_norm, elapsed, tokens);
-            if self.step.is_multiple_of(self.config.eval_interval) || self.step == end {
-                let (train_loss, _) = self.evaluate(Split::Train);
-                let (val_loss, val_accuracy) = self.evaluate(Split::Val);
-                record.train_loss = Some(train_loss);
-                record.val_loss = Some(val_loss);
-                record.val_accuracy = Some(val_accuracy);
-                record.attention = Some(self.attention_stats()?);
-                final_eval = Some((train_loss, val_loss, val_accuracy));
-                on_event(&Event::Step(record.clone()));
-                on_event(&Event::Eval {
-                    step: self.step,
-                    train_loss,
-                    val_loss,
-                    val_accuracy,
-                });
-                log.append(&record)?;
-                self.save()?;
-                last_good = self.step;
-                on_event(&Event::Checkpoint { step: self.step });
-            } else {
+                MetricsRecord::update(self.step, report.loss, lr, report.grad_norm, elapsed, tokens);
+            stopped = stop_reason();
+            let evaluate = self.step.is_multiple_of(recipe.eval_interval)
+                || self.step == end
+                || stopped.is_some();
+            if !evaluate {
                 on_event(&Event::Step(record.clone()));
                 log.append(&record)?;
+                continue;
+            }
+            let evaluation = {
+                use burn::module::Module;
+                let device = self.device.clone().without_autodiff();
+                self.task.evaluate(&self.model.valid(), self.step, &device)?
+            };
+            record.train_loss = evaluation.train_loss;
+            record.val_loss = Some(evaluation.val_loss);
+            record.val_accuracy = Some(evaluation.val_accuracy);
+            record.attention = evaluation.attention.clone();
+            on_event(&Event::Step(record.clone()));
+            on_event(&Event::Eval {
+                step: self.step,
+                evaluation: evaluation.clone(),
+            });
+            final_eval = Some(evaluation);
+            log.append(&record)?;
+            log.sync()?;
+            self.save()?;
+            last_good = self.step;
+            on_event(&Event::Checkpoint { step: self.step });
+            if stopped.is_some() {
+                break;
             }
         }
-        Ok(self.summary(final_eval, false, started, steps_here, tokens_here))
-    }
-
-    fn summary(
-        &self,
-        final_eval: Option<(f64, f64, f64)>,
-        interrupted: bool,
-        started: Instant,
-        steps: usize,
-        tokens: usize,
-    ) -> RunSummary {
+        if let Some(reason) = stopped {
+            on_event(&Event::Stopped {
+                step: self.step,
+                reason,
+            });
+        }
+        let records = crate::metrics::read(&self.run_dir.join("metrics.jsonl"))?;
+        crate::plot::loss_curve(&records, &self.task.title(), &self.run_dir.join("loss.png"))?;
+        if records.iter().any(|r| r.attention.is_some()) {
+            crate::plot::attention_curves(&records, &self.run_dir.join("attention_stats.png"))?;
+        }
         let wall_s = started.elapsed().as_secs_f64();
-        RunSummary {
+        Ok(RunSummary {
             step: self.step,
             final_eval,
-            interrupted,
+            stopped,
             wall_s,
-            ms_per_iter: if steps > 0 {
-                wall_s * 1e3 / steps as f64
+            ms_per_iter: if steps_here > 0 {
+                wall_s * 1e3 / steps_here as f64
             } else {
                 0.0
             },
-            tokens_per_s: tokens as f64 / wall_s.max(1e-9),
-        }
-    }
-
-    /// Mean loss and argmax accuracy over `eval_iters` batches of `split`, without autodiff
-    /// or dropout. The batches come from a generator seeded by the step, so evaluation does
-    /// not disturb the training batch sequence.
-    pub fn evaluate(&self, split: Split) -> (f64, f64) {
-        let model = self.model.valid();
-        let device = self.device.clone().without_autodiff();
-        let mut rng = SplitMix64::new(self.config.seed ^ 0x5eed_0e7a1 ^ (self.step as u64) << 20);
-        let (mut loss, mut correct, mut counted) = (0.0, 0usize, 0usize);
-        for _ in 0..self.config.eval_iters {
-            let batch = self.source.batch(
-                split,
-                self.config.batch_size,
-                self.config.model.block_size,
-                &mut |n| rng.below(n),
-            );
-            let (x, y) = tensors(&batch, &device);
-            let logits = model.forward(x);
-            let predicted: Vec<i64> = logits
-                .clone()
-                .argmax(2)
-                .into_data()
-                .convert::<i64>()
-                .try_into_vec_as::<i64>()
-                .expect("int predictions");
-            for (p, t) in predicted.iter().zip(&batch.targets) {
-                if *t != IGNORE {
-                    counted += 1;
-                    correct += (*p == *t) as usize;
-                }
-            }
-            loss += cross_entropy(logits, y, Some(IGNORE)).into_scalar::<f32>() as f64;
-        }
-        (
-            loss / self.config.eval_iters as f64,
-            correct as f64 / counted.max(1) as f64,
-        )
-    }
-
-    /// Per-layer, per-head attention statistics on one validation batch.
-    pub fn attention_stats(&self) -> Result<Vec<HeadRecord>, TrainError> {
-        let model = self.model.valid();
-        let device = self.device.clone().without_autodiff();
-        let mut rng = SplitMix64::new(self.config.seed ^ 0xa77e_4710);
-        let batch = self.source.batch(
-            Split::Val,
-            self.config.batch_size,
-            self.config.model.block_size,
-            &mut |n| rng.below(n),
-        );
-        let (x, _) = tensors(&batch, &device);
-        let recorded = model.forward_detailed(x, None, true)?;
-        let mut out = Vec::new();
-        for (layer, probs) in recorded.attention.into_iter().enumerate() {
-            for (head, s) in attention_stats(probs).into_iter().enumerate() {
-                out.push(HeadRecord {
-                    layer,
-                    head,
-                    entropy: s.entropy,
-                    mean_distance: s.mean_distance,
-                    max_prob: s.max_prob,
-                    first_token_mass: s.first_token_mass,
-                });
-            }
-        }
-        Ok(out)
+            tokens_per_s: tokens_here as f64 / wall_s.max(1e-9),
+        })
     }
 
     /// Writes the checkpoint for the current step.
@@ -388,73 +312,22 @@ impl Trainer {
             step: self.step,
             rng_state: self.rng.state,
             optimizer_t: self.optimizer.t,
-            config: self.config.clone(),
-            vocab_size: self.model.vocab_size,
+            task: T::KIND.to_string(),
+            config: self.task.config_json(),
+            vocab_size: None,
         };
-        let fail = self.fail_checkpoint_after_files.take();
-        checkpoint::save(&self.run_dir, &self.model, &self.optimizer, &state, fail)
+        let weights = self.task.weights_bytes(&self.model);
+        checkpoint::save(
+            &self.run_dir,
+            weights,
+            &self.optimizer,
+            &state,
+            &mut self.save_hook,
+        )
     }
-}
 
-/// The AdamW settings of a config.
-pub fn adamw_settings(config: &TrainConfig) -> AdamWSettings {
-    AdamWSettings {
-        beta1: config.beta1,
-        beta2: config.beta2,
-        eps: 1e-8,
-        weight_decay: config.weight_decay,
+    /// The device the model trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
-}
-
-/// A batch as `[batch, seq]` input and target tensors.
-pub fn tensors(batch: &TokenBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let shape = [batch.batch, batch.seq];
-    (
-        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
-    )
-}
-
-/// Mean next-token loss over an entire split of a text dataset, in consecutive windows of
-/// `block_size` tokens (the last partial window dropped), `batch_size` windows at a time. Unlike
-/// the periodic estimate on random batches, this is the same number every time it is run.
-pub fn full_split_loss(
-    model: &Gpt,
-    dataset: &qkv_data::TextDataset,
-    split: Split,
-    block_size: usize,
-    batch_size: usize,
-    device: &Device,
-) -> f64 {
-    let ids = match split {
-        Split::Train => &dataset.train,
-        Split::Val => &dataset.val,
-    };
-    let windows = (ids.len().saturating_sub(1)) / block_size;
-    let (mut total, mut count) = (0.0f64, 0usize);
-    for first in (0..windows).step_by(batch_size.max(1)) {
-        let n = batch_size.min(windows - first);
-        let mut batch = TokenBatch {
-            batch: n,
-            seq: block_size,
-            inputs: Vec::new(),
-            targets: Vec::new(),
-        };
-        for w in first..first + n {
-            let start = w * block_size;
-            batch
-                .inputs
-                .extend(ids[start..start + block_size].iter().map(|&t| t as i64));
-            batch.targets.extend(
-                ids[start + 1..start + block_size + 1]
-                    .iter()
-                    .map(|&t| t as i64),
-            );
-        }
-        let (x, y) = tensors(&batch, device);
-        let loss = cross_entropy(model.forward(x), y, None).into_scalar::<f32>() as f64;
-        total += loss * (n * block_size) as f64;
-        count += n * block_size;
-    }
-    total / count.max(1) as f64
 }

@@ -1,29 +1,29 @@
-//! Training the encoder–decoder ([`Seq2Seq`]) on a built-in translation task, and loading a
-//! trained one to translate: AdamW, warm-up + cosine, global-norm clipping, label
-//! smoothing, exact-match evaluation on held-out sentences, atomic saves.
+//! The translation task: the encoder–decoder ([`Seq2Seq`]) learns a built-in translation
+//! task under the common [`Trainer`](crate::Trainer) (label-smoothed loss, exact-match
+//! evaluation on held-out sentences), and a trained one is loaded to translate.
 //!
-//! A run directory holds `translate.json` (the config), `model.safetensors` (written to a
-//! temporary name, then renamed), `metrics.jsonl` and `loss.png`.
+//! A run directory holds `translate.json` (the config), `checkpoint/` (the format of every
+//! task: weights, optimizer, step and RNG, so a run resumes exactly), `metrics.jsonl` and
+//! `loss.png`.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::path::Path;
 
 use burn::prelude::*;
 use qkv_data::translate::{BOS, EOS, PAD};
 use qkv_data::{Split, TranslateError, TranslationBatch, TranslationTask, TranslationVocab};
 use qkv_transformer::weights::{
-    load_module_tensors, module_tensors, read_safetensors, serialize_host, write_atomically,
+    HostTensors, load_module_tensors, module_tensors, read_safetensors, serialize_host,
 };
 use qkv_transformer::{
     DecodeConfig, Seq2Seq, Seq2SeqConfig, SplitMix64, Translation, smoothed_cross_entropy,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, RunState};
 use crate::error::TrainError;
-use crate::metrics::{MetricsLog, MetricsRecord};
-use crate::optim::{AdamW, AdamWSettings, NamedGrads, clip_factor};
+use crate::optim::AdamWSettings;
 use crate::schedule::WarmupCosine;
+use crate::task::{Evaluation, Recipe, Task};
 
 /// Everything a translation run needs, saved as `translate.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,12 @@ pub struct TranslateConfig {
     pub warmup_iters: usize,
     /// AdamW weight decay (matrices only).
     pub weight_decay: f64,
+    /// AdamW β₁.
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    /// AdamW β₂ (0.98, as in "Attention Is All You Need").
+    #[serde(default = "beta2")]
+    pub beta2: f64,
     /// Global gradient-norm clip (0 = off).
     pub grad_clip: f64,
     /// Label smoothing ε of the loss.
@@ -63,6 +69,14 @@ pub struct TranslateConfig {
     pub seed: u64,
     /// Stop (after saving) once this much wall time has passed, in seconds.
     pub time_limit_s: Option<f64>,
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+
+fn beta2() -> f64 {
+    0.98
 }
 
 impl TranslateConfig {
@@ -84,6 +98,8 @@ impl TranslateConfig {
             min_lr: 1e-4,
             warmup_iters: 100,
             weight_decay: 0.01,
+            beta1: beta1(),
+            beta2: beta2(),
             grad_clip: 1.0,
             label_smoothing: 0.1,
             eval_interval: 250,
@@ -110,6 +126,26 @@ impl TranslateConfig {
         if self.lr <= 0.0 || !self.lr.is_finite() {
             return bad(format!("learning rate must be > 0, got {} (--lr)", self.lr));
         }
+        if self.max_iters == 0 {
+            return bad("max_iters must be at least 1 (--max-iters)".into());
+        }
+        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!(
+                "min_lr must be in [0, lr = {}], got {} (--min-lr)",
+                self.lr, self.min_lr
+            ));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad(format!(
+                "betas must be in [0, 1), got {} and {}",
+                self.beta1, self.beta2
+            ));
+        }
+        let usable = |x: f64| x >= 0.0 && x.is_finite();
+        if !(usable(self.weight_decay) && usable(self.grad_clip)) {
+            return bad("weight_decay and grad_clip must be finite and not negative".into());
+        }
+        crate::config::check_time_limit(self.time_limit_s)?;
         if self.eval_interval == 0 || self.eval_sentences == 0 {
             return bad("eval_interval and eval_sentences must be at least 1".into());
         }
@@ -140,37 +176,6 @@ impl TranslateConfig {
         .with_dropout(self.dropout)
         .with_pad_id(PAD as usize))
     }
-}
-
-/// What a translation run reports as it goes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TranslateEvent {
-    /// One optimisation step done.
-    Step(MetricsRecord),
-    /// An evaluation: exact-match accuracy on held-out sentences.
-    Eval {
-        /// Steps done.
-        step: usize,
-        /// Teacher-forced loss on the held-out sentences.
-        val_loss: f64,
-        /// Fraction of held-out sentences translated exactly (greedy).
-        accuracy: f64,
-    },
-}
-
-/// How a translation run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TranslateSummary {
-    /// Steps done.
-    pub steps: usize,
-    /// Exact-match accuracy of the last evaluation.
-    pub accuracy: f64,
-    /// Held-out loss of the last evaluation.
-    pub val_loss: f64,
-    /// Wall time, seconds.
-    pub wall_s: f64,
-    /// Whether Ctrl-C or the time limit stopped it early.
-    pub stopped_early: bool,
 }
 
 /// A trained model with its vocabulary, ready to translate.
@@ -223,8 +228,8 @@ impl Translator {
     }
 }
 
-/// Loads a trained translation run from `run_dir`.
-pub fn load_translator(run_dir: &Path, device: &Device) -> Result<Translator, TrainError> {
+/// Reads and checks a run's `translate.json`.
+pub fn read_config(run_dir: &Path) -> Result<TranslateConfig, TrainError> {
     let config_path = run_dir.join("translate.json");
     let text = std::fs::read_to_string(&config_path).map_err(|source| TrainError::Io {
         path: config_path.clone(),
@@ -236,13 +241,30 @@ pub fn load_translator(run_dir: &Path, device: &Device) -> Result<Translator, Tr
             reason: format!("not a translation config: {e}"),
         })?;
     config.validate()?;
+    Ok(config)
+}
+
+/// Loads a trained translation run from `run_dir`: its config and the weights of its last
+/// complete checkpoint (or, for runs saved before translation had checkpoints, its
+/// `model.safetensors`).
+pub fn load_translator(run_dir: &Path, device: &Device) -> Result<Translator, TrainError> {
+    let config = read_config(run_dir)?;
     let task = config.task()?;
-    let model_path = run_dir.join("model.safetensors");
-    let bytes = std::fs::read(&model_path).map_err(|source| TrainError::Io {
-        path: model_path.clone(),
-        source,
-    })?;
-    let tensors = read_safetensors(&bytes, &model_path)?;
+    let legacy = run_dir.join("model.safetensors");
+    let (tensors, model_path) = if !run_dir.join("checkpoint").exists()
+        && !run_dir.join("checkpoint.old").exists()
+        && legacy.is_file()
+    {
+        let bytes = std::fs::read(&legacy).map_err(|source| TrainError::Io {
+            path: legacy.clone(),
+            source,
+        })?;
+        (read_safetensors(&bytes, &legacy)?, legacy)
+    } else {
+        let checkpoint = Checkpoint::load(run_dir)?;
+        let path = checkpoint.weights_path();
+        (checkpoint.weights, path)
+    };
     let model = config.model_config()?.try_init(device)?;
     let model = load_module_tensors(model, tensors, &model_path)?;
     Ok(Translator {
@@ -323,138 +345,173 @@ pub fn evaluate(
     ))
 }
 
-/// Trains a translation model into `run_dir` on `device` (an autodiff device), reporting
-/// through `on_event`. Stops early, saving first, when `interrupt` is set or the time limit
-/// passes.
-pub fn train_translation(
-    config: &TranslateConfig,
-    run_dir: &Path,
-    device: &Device,
-    interrupt: &AtomicBool,
-    mut on_event: impl FnMut(&TranslateEvent),
-) -> Result<TranslateSummary, TrainError> {
-    config.validate()?;
-    let task = config.task()?;
-    let vocab = task.vocabulary();
-    std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
-        path: run_dir.to_path_buf(),
-        source,
-    })?;
-    let config_path = run_dir.join("translate.json");
-    write_atomically(
-        &config_path,
-        serde_json::to_string_pretty(config)
-            .expect("config serialises")
-            .as_bytes(),
-    )?;
-    device.seed(config.seed);
-    let mut model = config.model_config()?.try_init(device)?;
-    let mut optimizer = AdamW::new(AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.98,
-        eps: 1e-9,
-        weight_decay: config.weight_decay,
-    });
-    let schedule = WarmupCosine {
-        lr: config.lr,
-        min_lr: config.min_lr,
-        warmup_iters: config.warmup_iters,
-        decay_iters: config.max_iters,
-    };
-    let mut rng = SplitMix64::new(config.seed);
-    // The held-out sentences come from their own generator, the same for every seed.
-    let held_out = draw_pairs(
-        task,
-        &vocab,
-        Split::Val,
-        config.eval_sentences,
-        &mut SplitMix64::new(0xE7A1),
-    );
-    let mut log = MetricsLog::open(run_dir, None)?;
-    let started = Instant::now();
-    let mut last = (f64::NAN, 0.0);
-    let mut stopped_early = false;
-    let mut step = 0;
-    while step < config.max_iters {
-        let t0 = Instant::now();
-        let lr = schedule.at(step);
-        let batch = TranslationBatch::from_pairs(&draw_pairs(
-            task,
-            &vocab,
-            Split::Train,
-            config.batch_size,
-            &mut rng,
-        ));
-        let (src, tgt_in, labels) = batch_tensors(&batch, device);
-        let logits = model.forward(src, tgt_in)?;
-        let loss = smoothed_cross_entropy(logits, labels, Some(PAD as i64), config.label_smoothing);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: loss_value,
-                last_good: 0,
-            });
-        }
-        let grads = NamedGrads::collect(&model, &loss.backward());
-        let grad_norm = grads.global_norm();
-        model = optimizer.step(model, &grads, lr, clip_factor(grad_norm, config.grad_clip));
-        step += 1;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let tokens = batch.batch * (batch.src_len + batch.tgt_len);
-        let mut record = MetricsRecord::update(step, loss_value, lr, grad_norm, elapsed, tokens);
-        let out_of_time = config
-            .time_limit_s
-            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);
-        let interrupted = interrupt.load(Ordering::SeqCst);
-        if step.is_multiple_of(config.eval_interval)
-            || step == config.max_iters
-            || out_of_time
-            || interrupted
-        {
-            let (val_loss, accuracy) = evaluate(
-                &model.valid(),
-                task,
-                &held_out,
-                &device.clone().without_autodiff(),
-            )?;
-            record.val_loss = Some(val_loss);
-            record.val_accuracy = Some(accuracy);
-            last = (val_loss, accuracy);
-            save_model(&model, run_dir)?;
-            on_event(&TranslateEvent::Step(record.clone()));
-            on_event(&TranslateEvent::Eval {
-                step,
-                val_loss,
-                accuracy,
-            });
-        } else {
-            on_event(&TranslateEvent::Step(record.clone()));
-        }
-        log.append(&record)?;
-        if out_of_time || interrupted {
-            stopped_early = step < config.max_iters;
-            break;
-        }
-    }
-    let records = crate::metrics::read(&run_dir.join("metrics.jsonl"))?;
-    crate::plot::loss_curve(
-        &records,
-        &format!("translation ({})", task.name()),
-        &run_dir.join("loss.png"),
-    )?;
-    Ok(TranslateSummary {
-        steps: step,
-        accuracy: last.1,
-        val_loss: last.0,
-        wall_s: started.elapsed().as_secs_f64(),
-        stopped_early,
-    })
+/// The translation task for the [`Trainer`](crate::Trainer): a config, its vocabulary and
+/// the held-out sentences every evaluation scores.
+#[derive(Debug, Clone)]
+pub struct TranslationRun {
+    /// The resolved configuration.
+    pub config: TranslateConfig,
+    /// The built-in task.
+    pub task: TranslationTask,
+    /// Its vocabulary.
+    pub vocab: TranslationVocab,
+    /// The held-out pairs, drawn once from a generator of their own (the same for every
+    /// seed).
+    pub held_out: Vec<(Vec<u32>, Vec<u32>)>,
 }
 
-/// Writes the weights as `model.safetensors`, atomically.
-fn save_model(model: &Seq2Seq, run_dir: &Path) -> Result<PathBuf, TrainError> {
-    let path = run_dir.join("model.safetensors");
-    write_atomically(&path, &serialize_host(&module_tensors(model), None))?;
-    Ok(path)
+impl TranslationRun {
+    /// Validates `config` and draws the held-out sentences.
+    pub fn new(config: TranslateConfig) -> Result<Self, TrainError> {
+        config.validate()?;
+        let task = config.task()?;
+        let vocab = task.vocabulary();
+        let held_out = draw_pairs(
+            task,
+            &vocab,
+            Split::Val,
+            config.eval_sentences,
+            &mut SplitMix64::new(0xE7A1),
+        );
+        Ok(Self {
+            config,
+            task,
+            vocab,
+            held_out,
+        })
+    }
+}
+
+impl Task for TranslationRun {
+    type Model = Seq2Seq;
+    type Batch = TranslationBatch;
+    const KIND: &'static str = "translate";
+
+    fn recipe(&self) -> Recipe {
+        let c = &self.config;
+        Recipe {
+            max_iters: c.max_iters,
+            grad_accum: 1,
+            schedule: WarmupCosine {
+                lr: c.lr,
+                min_lr: c.min_lr,
+                warmup_iters: c.warmup_iters,
+                decay_iters: c.max_iters,
+            },
+            adamw: AdamWSettings {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: 1e-9,
+                weight_decay: c.weight_decay,
+            },
+            grad_clip: c.grad_clip,
+            eval_interval: c.eval_interval,
+            seed: c.seed,
+            time_limit_s: c.time_limit_s,
+        }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn init_model(&self, device: &Device) -> Result<Seq2Seq, TrainError> {
+        Ok(self.config.model_config()?.try_init(device)?)
+    }
+
+    fn weights_bytes(&self, model: &Seq2Seq) -> Vec<u8> {
+        serialize_host(&module_tensors(model), None)
+    }
+
+    fn load_weights(
+        &self,
+        model: Seq2Seq,
+        weights: HostTensors,
+        path: &Path,
+    ) -> Result<Seq2Seq, TrainError> {
+        Ok(load_module_tensors(model, weights, path)?)
+    }
+
+    fn check_resume(&self, saved: &RunState, run_dir: &Path) -> Result<(), TrainError> {
+        let path = run_dir.join("checkpoint");
+        let saved: TranslateConfig =
+            serde_json::from_value(saved.config.clone()).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                reason: format!("its config is not a translation config: {e}"),
+            })?;
+        let shape = |c: &TranslateConfig| (c.task.clone(), c.n_layers, c.n_heads, c.d_model);
+        if shape(&saved) != shape(&self.config) {
+            return Err(TrainError::Checkpoint {
+                path,
+                reason: format!(
+                    "it was saved from a {} model with {} layers, {} heads, {} wide; this run asks for {} with {}, {}, {}",
+                    saved.task,
+                    saved.n_layers,
+                    saved.n_heads,
+                    saved.d_model,
+                    self.config.task,
+                    self.config.n_layers,
+                    self.config.n_heads,
+                    self.config.d_model
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
+        Ok(vec![(
+            "translate.json".into(),
+            crate::lm::pretty(&self.config),
+        )])
+    }
+
+    fn batch(&self, rng: &mut SplitMix64) -> TranslationBatch {
+        TranslationBatch::from_pairs(&draw_pairs(
+            self.task,
+            &self.vocab,
+            Split::Train,
+            self.config.batch_size,
+            rng,
+        ))
+    }
+
+    fn batch_tokens(&self, batch: &TranslationBatch) -> usize {
+        batch.batch * (batch.src_len + batch.tgt_len)
+    }
+
+    fn loss(
+        &self,
+        model: &Seq2Seq,
+        batch: &TranslationBatch,
+        device: &Device,
+    ) -> Result<Tensor<1>, TrainError> {
+        let (src, tgt_in, labels) = batch_tensors(batch, device);
+        let logits = model.forward(src, tgt_in)?;
+        Ok(smoothed_cross_entropy(
+            logits,
+            labels,
+            Some(PAD as i64),
+            self.config.label_smoothing,
+        ))
+    }
+
+    fn evaluate(
+        &self,
+        model: &Seq2Seq,
+        _step: usize,
+        device: &Device,
+    ) -> Result<Evaluation, TrainError> {
+        let (val_loss, val_accuracy) = evaluate(model, self.task, &self.held_out, device)?;
+        Ok(Evaluation {
+            train_loss: None,
+            val_loss,
+            val_accuracy,
+            attention: None,
+        })
+    }
+
+    fn title(&self) -> String {
+        format!("translation ({})", self.task.name())
+    }
 }

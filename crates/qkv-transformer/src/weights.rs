@@ -290,7 +290,9 @@ pub fn serialize_host(
     safetensors::serialize(views, metadata).expect("serialising in memory cannot fail")
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename, the file and then its
+/// directory flushed to disk: after a crash `path` holds either the old bytes or the new
+/// ones, never a mixture.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
     use std::io::Write;
     let tmp = path.with_extension(format!(
@@ -301,12 +303,24 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
     };
     write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         io_error(path, source)
     })
+}
+
+/// Flushes a directory's entries (creations, renames, removals) to disk. Without it a rename
+/// can be lost in a power cut although the renamed file's data was synced.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> WeightsError {

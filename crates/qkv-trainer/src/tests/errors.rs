@@ -3,14 +3,15 @@
 use std::path::Path;
 
 use super::{temp_dir, tiny_recall};
-use crate::{DataConfig, TrainConfig, Trainer};
+use super::lm_trainer;
+use crate::{DataConfig, Start, TrainConfig};
 
 fn device() -> burn::prelude::Device {
     qkv_test_support::flex().autodiff()
 }
 
 fn start(config: TrainConfig, dir: &Path) -> String {
-    match Trainer::new(config, dir, dir, &device(), false) {
+    match lm_trainer(config, dir, dir, &device(), Start::Fresh) {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
     }
@@ -72,14 +73,14 @@ fn mismatched_or_broken_checkpoints_are_named() {
     let _rng = super::rng_lock();
     let dir = temp_dir("bad-checkpoint");
     let stop = std::sync::atomic::AtomicBool::new(false);
-    Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), false)
+    lm_trainer(tiny_recall(4, 0.0), &dir, &dir, &device(), Start::Fresh)
         .unwrap()
         .run(&stop, None, |_| {})
         .unwrap();
 
     let mut wider = tiny_recall(4, 0.0);
     wider.model.d_model = 32;
-    let err = Trainer::new(wider, &dir, &dir, &device(), true)
+    let err = lm_trainer(wider, &dir, &dir, &device(), Start::Resume)
         .err()
         .unwrap()
         .to_string();
@@ -91,7 +92,7 @@ fn mismatched_or_broken_checkpoints_are_named() {
         n_keys: 20,
         n_values: 10,
     };
-    let err = Trainer::new(other_vocab, &dir, &dir, &device(), true)
+    let err = lm_trainer(other_vocab, &dir, &dir, &device(), Start::Resume)
         .err()
         .unwrap()
         .to_string();
@@ -103,16 +104,16 @@ fn mismatched_or_broken_checkpoints_are_named() {
     let model = dir.join("checkpoint/model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
-    let err = Trainer::new(tiny_recall(4, 0.0), &dir, &dir, &device(), true)
+    let err = lm_trainer(tiny_recall(4, 0.0), &dir, &dir, &device(), Start::Resume)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("not a valid safetensors file"), "{err}");
 
     let empty = temp_dir("no-checkpoint");
-    let err = Trainer::new(tiny_recall(4, 0.0), &empty, &empty, &device(), true)
+    let err = lm_trainer(tiny_recall(4, 0.0), &empty, &empty, &device(), Start::Resume)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("no readable state.json"), "{err}");
+    assert!(err.contains("no complete checkpoint"), "{err}");
 }

@@ -9,7 +9,11 @@ mod translate;
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{DataConfig, ModelSettings, TrainConfig};
+use std::path::Path;
+
+use burn::prelude::Device;
+
+use crate::{DataConfig, LanguageModel, ModelSettings, Start, TrainConfig, TrainError, Trainer};
 
 pub(crate) use qkv_test_support::temp_dir;
 
@@ -45,4 +49,15 @@ pub(crate) fn tiny_recall(max_iters: usize, dropout: f64) -> TrainConfig {
 pub(crate) fn rng_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A language-model trainer for `config`, data cached in `cache`.
+pub(crate) fn lm_trainer(
+    config: TrainConfig,
+    run_dir: &Path,
+    cache: &Path,
+    device: &Device,
+    start: Start,
+) -> Result<Trainer<LanguageModel>, TrainError> {
+    Trainer::new(LanguageModel::open(config, cache)?, run_dir, device, start)
 }

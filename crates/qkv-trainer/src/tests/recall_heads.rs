@@ -8,7 +8,8 @@ use qkv_data::Split;
 use qkv_transformer::SplitMix64;
 
 use super::temp_dir;
-use crate::{BatchSource, TrainConfig, Trainer};
+use super::lm_trainer;
+use crate::{BatchSource, Start, TrainConfig};
 
 #[test]
 fn a_trained_recall_head_finds_the_matching_pair() {
@@ -20,12 +21,12 @@ fn a_trained_recall_head_finds_the_matching_pair() {
     config.lr_decay_iters = 1200;
     config.eval_interval = 1200;
     let device = qkv_test_support::flex().autodiff();
-    let mut trainer = Trainer::new(config.clone(), &dir, &dir, &device, false).unwrap();
+    let mut trainer = lm_trainer(config.clone(), &dir, &dir, &device, Start::Fresh).unwrap();
     let summary = trainer.run(&AtomicBool::new(false), None, |_| {}).unwrap();
-    let (_, _, accuracy) = summary.final_eval.unwrap();
+    let accuracy = summary.final_eval.unwrap().val_accuracy;
     assert!(accuracy > 0.99, "held-out accuracy {accuracy}");
 
-    let BatchSource::Recall(task) = &trainer.source else {
+    let BatchSource::Recall(task) = &trainer.task.source else {
         panic!("recall source")
     };
     let model = trainer.model.valid();

@@ -4,10 +4,11 @@ use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 
-use super::{temp_dir, tiny_recall};
+use super::{lm_trainer, temp_dir, tiny_recall};
 use crate::checkpoint::Checkpoint;
 use crate::metrics;
-use crate::{DataConfig, ModelSettings, TrainError, Trainer};
+use crate::checkpoint::SavePoint;
+use crate::{DataConfig, ModelSettings, Start, StopReason, TrainError};
 
 fn device() -> Device {
     qkv_test_support::flex().autodiff()
@@ -30,18 +31,18 @@ fn resume_continues_exactly() {
         let stop = AtomicBool::new(false);
 
         let straight = temp_dir(&format!("straight-{dropout}"));
-        Trainer::new(config.clone(), &straight, &cache, &device(), false)
+        lm_trainer(config.clone(), &straight, &cache, &device(), Start::Fresh)
             .unwrap()
             .run(&stop, None, |_| {})
             .unwrap();
 
         let halves = temp_dir(&format!("halves-{dropout}"));
-        let summary = Trainer::new(config.clone(), &halves, &cache, &device(), false)
+        let summary = lm_trainer(config.clone(), &halves, &cache, &device(), Start::Fresh)
             .unwrap()
             .run(&stop, Some(6), |_| {})
             .unwrap();
         assert_eq!(summary.step, 6);
-        let mut resumed = Trainer::new(config.clone(), &halves, &cache, &device(), true).unwrap();
+        let mut resumed = lm_trainer(config.clone(), &halves, &cache, &device(), Start::Resume).unwrap();
         assert_eq!(resumed.step, 6);
         resumed.run(&stop, None, |_| {}).unwrap();
 
@@ -80,7 +81,7 @@ fn tiny_model_overfits_tiny_corpus() {
     config.min_lr = 1e-2;
     config.weight_decay = 0.0;
     config.eval_interval = 150;
-    let mut trainer = Trainer::new(config, &dir.join("run"), &dir, &device(), false).unwrap();
+    let mut trainer = lm_trainer(config, &dir.join("run"), &dir, &device(), Start::Fresh).unwrap();
     trainer.run(&AtomicBool::new(false), None, |_| {}).unwrap();
     let records = metrics::read(&dir.join("run/metrics.jsonl")).unwrap();
     let first = records[0].loss;
@@ -100,12 +101,18 @@ fn crash_while_checkpointing_keeps_the_previous_one() {
     let cache = temp_dir("crash-cache");
     let config = tiny_recall(8, 0.0);
     let stop = AtomicBool::new(false);
-    let mut trainer = Trainer::new(config.clone(), &dir, &cache, &device(), false).unwrap();
+    let mut trainer = lm_trainer(config.clone(), &dir, &cache, &device(), Start::Fresh).unwrap();
     trainer.run(&stop, Some(4), |_| {}).unwrap();
     let before = std::fs::read(dir.join("checkpoint/model.safetensors")).unwrap();
 
     // The write of the step-8 checkpoint dies after its first file.
-    trainer.fail_checkpoint_after_files = Some(1);
+    trainer.save_hook = Some(Box::new(|point| match point {
+        SavePoint::FileWritten(0) => Err(TrainError::Io {
+            path: "checkpoint.tmp/model.safetensors".into(),
+            source: std::io::Error::other("simulated crash while writing the checkpoint"),
+        }),
+        _ => Ok(()),
+    }));
     let err = trainer.run(&stop, None, |_| {}).unwrap_err();
     assert!(err.to_string().contains("simulated crash"), "{err}");
     let checkpoint = Checkpoint::load(&dir).unwrap();
@@ -114,7 +121,7 @@ fn crash_while_checkpointing_keeps_the_previous_one() {
         std::fs::read(dir.join("checkpoint/model.safetensors")).unwrap(),
         before
     );
-    let resumed = Trainer::new(config.clone(), &dir, &cache, &device(), true).unwrap();
+    let resumed = lm_trainer(config.clone(), &dir, &cache, &device(), Start::Resume).unwrap();
     assert_eq!(resumed.step, 4);
 
     // A crash between the two renames leaves only checkpoint.old/: it is still found.
@@ -128,7 +135,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = temp_dir("nan");
     let cache = temp_dir("nan-cache");
     let stop = AtomicBool::new(false);
-    let mut trainer = Trainer::new(tiny_recall(12, 0.0), &dir, &cache, &device(), false).unwrap();
+    let mut trainer = lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
     trainer.run(&stop, Some(4), |_| {}).unwrap();
     // Poison one weight, as an exploding update would.
     let w = &mut trainer.model.blocks[0].mlp.fc.weight;
@@ -160,7 +167,7 @@ fn interrupt_saves_and_stops() {
     let dir = temp_dir("interrupt");
     let cache = temp_dir("interrupt-cache");
     let stop = AtomicBool::new(false);
-    let mut trainer = Trainer::new(tiny_recall(12, 0.0), &dir, &cache, &device(), false).unwrap();
+    let mut trainer = lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
     let summary = trainer
         .run(&stop, None, |event| {
             if let crate::Event::Step(r) = event
@@ -170,7 +177,7 @@ fn interrupt_saves_and_stops() {
             }
         })
         .unwrap();
-    assert!(summary.interrupted);
+    assert_eq!(summary.stopped, Some(StopReason::Interrupted));
     assert_eq!(summary.step, 3);
     assert_eq!(Checkpoint::load(&dir).unwrap().state.step, 3);
 }

@@ -1,14 +1,42 @@
 //! Translation training: a short run learns (its held-out loss falls), saves a model that
-//! loads back and translates exactly as before, and bad configs and inputs get named errors.
+//! loads back and translates exactly as the trained one in memory does, resumes bit for bit,
+//! stops on divergence naming the true last good step, and bad configs and inputs get named
+//! errors.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 use qkv_data::TranslationTask;
 
 use super::{rng_lock, temp_dir};
-use crate::TrainError;
-use crate::translate::{TranslateConfig, TranslateEvent, load_translator, train_translation};
+use crate::translate::{TranslateConfig, TranslationRun, load_translator};
+use crate::{Event, RunSummary, Start, TrainError, Trainer};
+
+/// Trains `config` into `dir` (a fresh run) up to `stop_at`, reporting events to `on_event`.
+fn train(
+    config: &TranslateConfig,
+    dir: &Path,
+    start: Start,
+    stop_at: Option<usize>,
+    on_event: impl FnMut(&Event),
+) -> (Trainer<TranslationRun>, RunSummary) {
+    let device = qkv_test_support::flex().autodiff();
+    let mut trainer =
+        Trainer::new(TranslationRun::new(config.clone()).unwrap(), dir, &device, start).unwrap();
+    let summary = trainer
+        .run(&AtomicBool::new(false), stop_at, on_event)
+        .unwrap();
+    (trainer, summary)
+}
+
+fn losses(dir: &Path) -> Vec<(usize, u64, u64)> {
+    crate::metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.loss.to_bits(), r.grad_norm.to_bits()))
+        .collect()
+}
 
 fn tiny(task: TranslationTask, max_iters: usize) -> TranslateConfig {
     let mut c = TranslateConfig::for_task(task);
@@ -30,22 +58,12 @@ fn a_short_run_learns_dates_saves_and_reloads() {
     let dir = temp_dir("translate-run");
     let config = tiny(TranslationTask::Dates, 300);
     let mut evals = Vec::new();
-    let summary = train_translation(
-        &config,
-        &dir,
-        &device.clone().autodiff(),
-        &AtomicBool::new(false),
-        |e| {
-            if let TranslateEvent::Eval {
-                val_loss, accuracy, ..
-            } = e
-            {
-                evals.push((*val_loss, *accuracy));
-            }
-        },
-    )
-    .unwrap();
-    assert_eq!(summary.steps, 300);
+    let (trainer, summary) = train(&config, &dir, Start::Fresh, None, |e| {
+        if let Event::Eval { evaluation, .. } = e {
+            evals.push((evaluation.val_loss, evaluation.val_accuracy));
+        }
+    });
+    assert_eq!(summary.step, 300);
     assert_eq!(evals.len(), 2);
     // Untrained, the held-out loss is about ln(vocab) ≈ 4; 300 steps of a one-layer model
     // learn the reordering (about 3 s here).
@@ -54,10 +72,28 @@ fn a_short_run_learns_dates_saves_and_reloads() {
         loss < 0.5 && accuracy >= 0.9,
         "held-out loss {loss}, exact match {accuracy}"
     );
-    assert!(dir.join("model.safetensors").is_file() && dir.join("loss.png").is_file());
+    assert!(dir.join("checkpoint/model.safetensors").is_file() && dir.join("loss.png").is_file());
 
     let t = load_translator(&dir, &device).unwrap();
     let first = t.translate(&["first of may 2001"], 1).unwrap();
+    // The reloaded model is the trained one: the same translations and log-probabilities
+    // as the model still in memory, for a handful of held-out sentences.
+    let mut in_memory = load_translator(&dir, &device).unwrap();
+    in_memory.model = burn::module::Module::valid(&trainer.model);
+    let sentences = ["first of may 2001", "seventh of march 2024", "thirty-first of december 1999"];
+    let (a, b) = (
+        in_memory.translate(&sentences, 3).unwrap(),
+        t.translate(&sentences, 3).unwrap(),
+    );
+    for ((ta, a), (tb, b)) in a.iter().zip(&b) {
+        assert_eq!((ta, &a.tokens), (tb, &b.tokens));
+        assert!(
+            (a.log_prob - b.log_prob).abs() <= 1e-5 * a.log_prob.abs().max(1e-3),
+            "{} vs {}",
+            a.log_prob,
+            b.log_prob
+        );
+    }
     assert!(
         first[0].0.chars().all(|c| c.is_ascii_digit() || c == '-'),
         "{:?}",
@@ -113,14 +149,7 @@ fn bad_configs_and_inputs_are_named() {
     // Unknown words, empty input and over-long input, through a real (untrained) run.
     let _lock = rng_lock();
     let dir = temp_dir("translate-inputs");
-    train_translation(
-        &tiny(TranslationTask::Numbers, 2),
-        &dir,
-        &device.clone().autodiff(),
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
+    train(&tiny(TranslationTask::Numbers, 2), &dir, Start::Fresh, None, |_| {});
     let t = load_translator(&dir, &device).unwrap();
     for (input, needle) in [
         ("forty-two bananas", "\"bananas\""),
@@ -131,8 +160,67 @@ fn bad_configs_and_inputs_are_named() {
         assert!(err.contains(needle), "{input:?}: {err}");
     }
     // A truncated weights file is an error, not a panic.
-    let weights = dir.join("model.safetensors");
+    let weights = dir.join("checkpoint/model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     assert!(load_translator(&dir, &device).is_err());
+}
+
+#[test]
+fn a_resumed_translation_run_continues_bit_for_bit() {
+    let _lock = rng_lock();
+    for dropout in [0.0, 0.1] {
+        let mut config = tiny(TranslationTask::Numbers, 8);
+        config.eval_interval = 4;
+        config.eval_sentences = 20;
+        config.dropout = dropout;
+        let straight = temp_dir(&format!("translate-straight-{dropout}"));
+        train(&config, &straight, Start::Fresh, None, |_| {});
+        let halves = temp_dir(&format!("translate-halves-{dropout}"));
+        let (_, first) = train(&config, &halves, Start::Fresh, Some(4), |_| {});
+        assert_eq!(first.step, 4);
+        let (resumed, _) = train(&config, &halves, Start::Resume, None, |_| {});
+        assert_eq!(resumed.step, 8);
+        let (a, b) = (losses(&straight), losses(&halves));
+        assert_eq!(a.len(), 8);
+        assert_eq!(
+            a, b,
+            "dropout {dropout}: steps 5..8 after resuming equal the uninterrupted run, bit for bit"
+        );
+    }
+}
+
+#[test]
+fn a_diverging_translation_run_names_its_last_good_step() {
+    let _lock = rng_lock();
+    let dir = temp_dir("translate-nan");
+    let mut config = tiny(TranslationTask::Numbers, 12);
+    config.eval_interval = 4;
+    config.eval_sentences = 20;
+    let (mut trainer, _) = train(&config, &dir, Start::Fresh, Some(6), |_| {});
+    // Poison the embedding, as an exploding update would.
+    let w = &mut trainer.model.src_embedding.weight;
+    *w = w
+        .clone()
+        .map(|t| t.inner().mul_scalar(f32::NAN).autodiff().require_grad());
+    let err = trainer
+        .run(&AtomicBool::new(false), None, |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::Diverged {
+                step: 7,
+                last_good: 6,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Step 6 was saved because the run stopped there (stop_at), and it is still the one
+    // on disk.
+    assert_eq!(
+        crate::checkpoint::Checkpoint::load(&dir).unwrap().state.step,
+        6
+    );
 }
