@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
-use qkv_trainer::{Event, TrainConfig, TrainError, Trainer};
+use qkv_trainer::{Event, LanguageModel, Start, TrainConfig, TrainError, Trainer};
 
 fn main() -> Result<(), TrainError> {
     let mut config = TrainConfig::recall();
@@ -15,24 +15,22 @@ fn main() -> Result<(), TrainError> {
     config.lr_decay_iters = 1200;
     let device = Device::flex().autodiff();
     let run_dir = Path::new("runs/example-recall");
-    let mut trainer = Trainer::new(config, run_dir, Path::new("data"), &device, false)?;
+    // The language-model task (its data opened from the config); `Start::Overwrite`
+    // replaces the run an earlier launch of this example left.
+    let task = LanguageModel::open(config, Path::new("data"))?;
+    let mut trainer = Trainer::new(task, run_dir, &device, Start::Overwrite)?;
     let summary = trainer.run(&AtomicBool::new(false), None, |event| {
-        if let Event::Eval {
-            step,
-            val_loss,
-            val_accuracy,
-            ..
-        } = event
-        {
+        if let Event::Eval { step, evaluation } = event {
             println!(
-                "step {step}: val loss {val_loss:.4}, accuracy {:.1}%",
-                val_accuracy * 100.0
+                "step {step}: val loss {:.4}, accuracy {:.1}%",
+                evaluation.val_loss,
+                evaluation.val_accuracy * 100.0
             );
         }
     })?;
     println!("{} steps in {:.1} s", summary.step, summary.wall_s);
 
-    let tokenizer = trainer.source.tokenizer();
+    let tokenizer = trainer.task.source.tokenizer();
     let prompt = "c7 a2 k0 f5 b9 h3 ? k";
     let ids = tokenizer.encode(prompt)?;
     let model = trainer.model.valid();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use qkv_attention::{MhaInput, MultiHeadAttentionConfig};
-use qkv_trainer::optim::{AdamW, AdamWSettings, NamedGrads, clip_factor};
+use qkv_trainer::optim::{AdamW, AdamWSettings};
+use qkv_trainer::train_step as trainer_step;
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, cross_entropy};
 
 pub use qkv_backends::{Backend, MachineInfo, sync};
@@ -236,7 +237,7 @@ fn attention(device: Device, seq: usize, d_model: usize, backward: bool) -> Box<
     })
 }
 
-/// One training step, as the trainer takes it (see `qkv_trainer::Trainer::run`).
+/// One training step: the trainer's own [`train_step`].
 fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
     let device = device.clone().autodiff();
     let config = recipe.model();
@@ -258,11 +259,11 @@ fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
     });
     Box::new(move || {
         let m = model.take().expect("model");
-        let loss = cross_entropy(m.forward(x.clone()), y.clone(), None);
-        let grads = loss.backward();
-        let named = NamedGrads::collect(&m, &grads);
-        let scale = clip_factor(named.global_norm(), 1.0);
-        let m = adamw.step(m, &named, 1e-3, scale);
+        let (m, report) = trainer_step(m, &mut adamw, 1, 1e-3, 1.0, |m| {
+            Ok(cross_entropy(m.forward(x.clone()), y.clone(), None))
+        })
+        .expect("training step");
+        assert!(report.applied, "the benchmark's step diverged");
         sync(&device);
         model = Some(m);
     })

@@ -61,7 +61,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, Option<Tokenizer>
     if dir.join("model_config.json").exists() {
         let text = std::fs::read_to_string(dir.join("model_config.json"))?;
         let config: GptConfig = serde_json::from_str(&text).context("reading model_config.json")?;
-        let weights = dir.join("checkpoint").join("model.safetensors");
+        let weights = qkv_trainer::checkpoint::latest(dir)?.join("model.safetensors");
         let model = config.try_init(device)?.load_safetensors(&weights)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))
             .context("reading the run's tokenizer.json")?;
@@ -97,7 +97,10 @@ pub fn load_run_data(
         )
     })?;
     let config = qkv_trainer::TrainConfig::from_json(&text)?;
-    let source = qkv_trainer::BatchSource::open(&config, Path::new("data"))?;
+    // The run's own tokenizer, not one rebuilt from today's copy of the data.
+    let tokenizer =
+        Tokenizer::load(&dir.join("tokenizer.json")).context("reading the run's tokenizer.json")?;
+    let source = qkv_trainer::BatchSource::open(&config, Path::new("data"), Some(tokenizer))?;
     Ok((config, source))
 }
 

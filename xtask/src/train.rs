@@ -1,16 +1,32 @@
-//! `cargo xtask train`.
+//! `cargo xtask train`: one command for every task. Flags resolve to the task's config in one
+//! place ([`TrainArgs::lm_config`], [`TrainArgs::translate_config`], with the table
+//! [`TASK_ONLY`] of flags that belong to one task), and one generic [`train`] runs any
+//! [`Task`] with one Ctrl-C handler and one progress display.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use qkv_trainer::{DataConfig, Event, TokenizerChoice, TrainConfig, Trainer, metrics};
+use qkv_backends::Backend;
+use qkv_data::TranslationTask;
+use qkv_trainer::translate::{TranslateConfig, TranslationRun, load_translator};
+use qkv_trainer::{
+    DataConfig, Event, LanguageModel, RunSummary, Start, StopReason, Task, TokenizerChoice,
+    TrainConfig, Trainer,
+};
 use qkv_transformer::{GenerationConfig, Sampling};
 
-use qkv_backends::Backend;
+/// `--task` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskFlag {
+    /// A GPT language model (the recall task, Shakespeare, or any text).
+    Lm,
+    /// The encoder–decoder on a built-in translation task.
+    Translate,
+}
 
 /// `--tokenizer` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,14 +37,14 @@ enum TokenizerFlag {
     Bpe,
 }
 
-/// Options of `cargo xtask train`. Every config value can be set by a flag; flags override
-/// the preset (or the `--config` file).
+/// Options of `cargo xtask train`. Flags override the preset, the `--config` file or, with
+/// `--resume`, the run's own saved config.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// What to train: `lm` (a GPT language model: the default) or `translate` (the
-    /// encoder–decoder on a built-in translation task).
-    #[arg(long, default_value = "lm")]
-    task: String,
+    /// What to train: `lm` (a GPT language model) or `translate` (the encoder–decoder on a
+    /// built-in translation task).
+    #[arg(long, value_enum, default_value = "lm")]
+    task: TaskFlag,
     /// With `--task translate`: `numbers` (number words to digits, the default) or `dates`
     /// (English dates to ISO dates).
     #[arg(long)]
@@ -36,24 +52,31 @@ pub struct TrainArgs {
     /// With `--task translate`: label smoothing of the loss.
     #[arg(long)]
     label_smoothing: Option<f64>,
-    /// With `--task translate`: stop (saving first) after this many seconds.
+    /// With `--task translate`: held-out sentences per evaluation.
+    #[arg(long)]
+    eval_sentences: Option<usize>,
+    /// Stop (after evaluating and saving) after this many seconds.
     #[arg(long)]
     time_limit: Option<f64>,
     /// Named recipe: `recall` (default, offline) or `shakespeare-char`.
-    #[arg(long, default_value = "recall")]
-    preset: String,
+    #[arg(long)]
+    preset: Option<String>,
     /// A JSON config file (as written to `config.json` by a run) instead of a preset.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where to compute: flex, ndarray or wgpu.
     #[arg(long, default_value = "flex")]
     backend: Backend,
-    /// The run directory (default `runs/<preset>`).
+    /// The run directory (default `runs/<preset>` or `runs/translate-<task>`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in `--out` exactly where it stopped.
-    #[arg(long)]
+    /// Continue the run saved in `--out` exactly where its last checkpoint stopped (its
+    /// saved config is the base that flags override).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Start a new run in `--out` even if it holds one, replacing it.
+    #[arg(long)]
+    overwrite: bool,
     /// A local text file: for `shakespeare-char` a copy of Tiny Shakespeare, otherwise any
     /// UTF-8 text to train on at the character level.
     #[arg(long)]
@@ -62,15 +85,15 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     tokenizer: Option<TokenizerFlag>,
     /// Vocabulary size of `--tokenizer bpe`.
-    #[arg(long, default_value_t = 512)]
-    bpe_vocab: usize,
+    #[arg(long)]
+    bpe_vocab: Option<usize>,
     /// Where downloaded datasets are cached.
     #[arg(long, default_value = "data")]
     cache_dir: PathBuf,
     /// Updates to run.
     #[arg(long)]
     max_iters: Option<usize>,
-    /// Sequences per micro-batch.
+    /// Sequences (or sentence pairs) per micro-batch.
     #[arg(long)]
     batch_size: Option<usize>,
     /// Micro-batches per update.
@@ -100,7 +123,7 @@ pub struct TrainArgs {
     /// Batches per evaluation.
     #[arg(long)]
     eval_iters: Option<usize>,
-    /// Transformer blocks.
+    /// Transformer blocks (per stack, for translation).
     #[arg(long)]
     n_layers: Option<usize>,
     /// Heads per block.
@@ -120,63 +143,104 @@ pub struct TrainArgs {
     seed: Option<u64>,
 }
 
-/// `cargo xtask train --task translate`: rejects the flags that only language models take.
-fn run_translation(args: TrainArgs) -> Result<()> {
-    for (given, flag) in [
-        (args.preset != "recall", "--preset"),
-        (args.config.is_some(), "--config"),
-        (args.resume, "--resume"),
-        (args.data.is_some(), "--data"),
-        (args.tokenizer.is_some(), "--tokenizer"),
-        (args.grad_accum.is_some(), "--grad-accum"),
-        (args.lr_decay_iters.is_some(), "--lr-decay-iters"),
-        (args.eval_iters.is_some(), "--eval-iters"),
-        (args.block_size.is_some(), "--block-size"),
-    ] {
-        if given {
-            anyhow::bail!(
-                "{flag} does not apply to --task translate (its data, vocabulary and lengths come from the task)"
-            );
-        }
-    }
-    let overrides = crate::translate::TranslateOverrides {
-        task: args.translation,
-        max_iters: args.max_iters,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        min_lr: args.min_lr,
-        warmup_iters: args.warmup_iters,
-        weight_decay: args.weight_decay,
-        grad_clip: args.grad_clip,
-        eval_interval: args.eval_interval,
-        n_layers: args.n_layers,
-        n_heads: args.n_heads,
-        d_model: args.d_model,
-        dropout: args.dropout,
-        seed: args.seed,
-        label_smoothing: args.label_smoothing,
-        time_limit_s: args.time_limit,
-    };
-    crate::translate::train(overrides, args.backend, args.out)
-}
+/// Flags that only one task takes, and why the other rejects them.
+pub const TASK_ONLY: [(&str, TaskFlag); 12] = [
+    ("--translation", TaskFlag::Translate),
+    ("--label-smoothing", TaskFlag::Translate),
+    ("--eval-sentences", TaskFlag::Translate),
+    ("--preset", TaskFlag::Lm),
+    ("--config", TaskFlag::Lm),
+    ("--data", TaskFlag::Lm),
+    ("--tokenizer", TaskFlag::Lm),
+    ("--bpe-vocab", TaskFlag::Lm),
+    ("--grad-accum", TaskFlag::Lm),
+    ("--lr-decay-iters", TaskFlag::Lm),
+    ("--eval-iters", TaskFlag::Lm),
+    ("--block-size", TaskFlag::Lm),
+];
 
 impl TrainArgs {
-    fn resolve(&self) -> Result<TrainConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                TrainConfig::from_json(&text)?
+    /// Whether a flag of [`TASK_ONLY`] was given.
+    fn given(&self, flag: &str) -> bool {
+        match flag {
+            "--translation" => self.translation.is_some(),
+            "--label-smoothing" => self.label_smoothing.is_some(),
+            "--eval-sentences" => self.eval_sentences.is_some(),
+            "--preset" => self.preset.is_some(),
+            "--config" => self.config.is_some(),
+            "--data" => self.data.is_some(),
+            "--tokenizer" => self.tokenizer.is_some(),
+            "--bpe-vocab" => self.bpe_vocab.is_some(),
+            "--grad-accum" => self.grad_accum.is_some(),
+            "--lr-decay-iters" => self.lr_decay_iters.is_some(),
+            "--eval-iters" => self.eval_iters.is_some(),
+            "--block-size" => self.block_size.is_some(),
+            other => unreachable!("{other} is not in TASK_ONLY"),
+        }
+    }
+
+    /// Rejects the flags of the other task, naming them.
+    fn check_task_flags(&self) -> Result<()> {
+        for (flag, only) in TASK_ONLY {
+            if only != self.task && self.given(flag) {
+                let (this, that) = match self.task {
+                    TaskFlag::Lm => ("lm", "translate"),
+                    TaskFlag::Translate => ("translate", "lm"),
+                };
+                bail!("{flag} applies to --task {that} only, not to --task {this}");
             }
-            None => TrainConfig::preset(&self.preset)?,
+        }
+        Ok(())
+    }
+
+    /// The run directory.
+    fn out(&self) -> PathBuf {
+        if let Some(out) = &self.out {
+            return out.clone();
+        }
+        let name = match self.task {
+            TaskFlag::Lm if self.config.is_some() => "custom".to_string(),
+            TaskFlag::Lm => self.preset.clone().unwrap_or_else(|| "recall".into()),
+            TaskFlag::Translate => format!(
+                "translate-{}",
+                self.translation.as_deref().unwrap_or("numbers")
+            ),
+        };
+        PathBuf::from("runs").join(name)
+    }
+
+    fn start(&self) -> Start {
+        match (self.resume, self.overwrite) {
+            (true, _) => Start::Resume,
+            (false, true) => Start::Overwrite,
+            (false, false) => Start::Fresh,
+        }
+    }
+
+    /// The language-model config: the preset, `--config` file or (with `--resume`) the run's
+    /// `config.json`, then every flag given.
+    pub fn lm_config(&self, out: &Path) -> Result<TrainConfig> {
+        let from_file = |path: &Path| -> Result<TrainConfig> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(TrainConfig::from_json(&text)?)
+        };
+        let mut c = match (&self.config, self.resume) {
+            (Some(path), _) => from_file(path)?,
+            (None, true) if self.preset.is_none() => from_file(&out.join("config.json"))
+                .context("--resume reads the run's config.json")?,
+            (None, _) => TrainConfig::preset(self.preset.as_deref().unwrap_or("recall"))?,
         };
         let choice = match self.tokenizer {
             Some(TokenizerFlag::Char) => Some(TokenizerChoice::Char),
             Some(TokenizerFlag::Bpe) => Some(TokenizerChoice::Bpe {
-                vocab_size: self.bpe_vocab,
+                vocab_size: self.bpe_vocab.unwrap_or(512),
             }),
             None => None,
         };
+        if self.bpe_vocab.is_some() && !matches!(choice, Some(TokenizerChoice::Bpe { .. })) {
+            bail!("--bpe-vocab applies to --tokenizer bpe");
+        }
         c.data = match (c.data, &self.data) {
             (DataConfig::Shakespeare { path, tokenizer }, data) => DataConfig::Shakespeare {
                 path: data.clone().or(path),
@@ -188,7 +252,7 @@ impl TrainArgs {
             },
             (recall @ DataConfig::Recall { .. }, None) => {
                 if choice.is_some() {
-                    anyhow::bail!(
+                    bail!(
                         "--tokenizer applies to text data; the recall task has its own vocabulary"
                     );
                 }
@@ -210,8 +274,50 @@ impl TrainArgs {
              eval_iters => eval_iters, n_layers => model.n_layers, n_heads => model.n_heads,
              d_model => model.d_model, block_size => model.block_size, dropout => model.dropout,
              seed => seed);
+        if self.time_limit.is_some() {
+            c.time_limit_s = self.time_limit;
+        }
         if self.max_iters.is_some() && self.lr_decay_iters.is_none() {
             c.lr_decay_iters = c.max_iters;
+        }
+        Ok(c)
+    }
+
+    /// The translation config: the task's recipe or (with `--resume`) the run's
+    /// `translate.json`, then every flag given.
+    pub fn translate_config(&self, out: &Path) -> Result<TranslateConfig> {
+        let mut c = if self.resume {
+            qkv_trainer::translate::read_config(out)
+                .context("--resume reads the run's translate.json")?
+        } else {
+            let task: TranslationTask = self.translation.as_deref().unwrap_or("numbers").parse()?;
+            TranslateConfig::for_task(task)
+        };
+        if let Some(task) = &self.translation {
+            c.task = task.clone();
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        set!(
+            max_iters,
+            batch_size,
+            lr,
+            min_lr,
+            warmup_iters,
+            weight_decay,
+            grad_clip,
+            eval_interval,
+            eval_sentences,
+            n_layers,
+            n_heads,
+            d_model,
+            dropout,
+            seed,
+            label_smoothing
+        );
+        if self.time_limit.is_some() {
+            c.time_limit_s = self.time_limit;
         }
         Ok(c)
     }
@@ -219,59 +325,107 @@ impl TrainArgs {
 
 /// Runs `cargo xtask train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    match args.task.as_str() {
-        "lm" => {}
-        "translate" => return run_translation(args),
-        other => anyhow::bail!("unknown --task {other:?}: choose lm or translate"),
-    }
-    for (given, flag) in [
-        (args.translation.is_some(), "--translation"),
-        (args.label_smoothing.is_some(), "--label-smoothing"),
-        (args.time_limit.is_some(), "--time-limit"),
-    ] {
-        if given {
-            anyhow::bail!("{flag} applies to --task translate only");
+    args.check_task_flags()?;
+    let out = args.out();
+    let device = args.backend.check()?;
+    match args.task {
+        TaskFlag::Lm => {
+            let config = args.lm_config(&out)?;
+            let task = LanguageModel::open(config.clone(), &args.cache_dir)?;
+            println!(
+                "training {} on {}: {} layers, {} heads, {} wide, block {}, {} steps, batch {} -> {}",
+                task.title(),
+                args.backend,
+                config.model.n_layers,
+                config.model.n_heads,
+                config.model.d_model,
+                config.model.block_size,
+                config.max_iters,
+                config.batch_size * config.grad_accum,
+                out.display()
+            );
+            let (trainer, summary) = train(task, &out, &device, args.start())?;
+            if let Some(eval) = &summary.final_eval
+                && config.data.recall().is_some()
+            {
+                println!(
+                    "held-out accuracy: {:.2}% of answers",
+                    eval.val_accuracy * 100.0
+                );
+            }
+            if summary.stopped.is_none() && config.data.recall().is_none() {
+                write_sample(&trainer, &out, config.seed)?;
+            }
+        }
+        TaskFlag::Translate => {
+            let config = args.translate_config(&out)?;
+            let task = TranslationRun::new(config.clone())?;
+            println!(
+                "training {} on {}: {} + {} layers, {} heads, {} wide, {} steps, batch {} -> {}",
+                task.title(),
+                args.backend,
+                config.n_layers,
+                config.n_layers,
+                config.n_heads,
+                config.d_model,
+                config.max_iters,
+                config.batch_size,
+                out.display()
+            );
+            let (_, summary) = train(task, &out, &device, args.start())?;
+            if let Some(eval) = &summary.final_eval {
+                println!(
+                    "held-out exact match: {:.2}% of {} sentences",
+                    eval.val_accuracy * 100.0,
+                    config.eval_sentences
+                );
+            }
+            let translator = load_translator(&out, &device)?;
+            let examples = match translator.task {
+                TranslationTask::Numbers => {
+                    ["three hundred and forty-two", "nine thousand and nine"]
+                }
+                TranslationTask::Dates => {
+                    ["seventh of march 2024", "thirty-first of december 1999"]
+                }
+            };
+            for (text, (answer, _)) in examples.iter().zip(translator.translate(&examples, 1)?) {
+                println!("  {text:?} -> {answer:?}");
+            }
         }
     }
-    let config = args.resolve()?;
-    let name = if args.config.is_some() {
-        "custom"
-    } else {
-        args.preset.as_str()
-    };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(name));
-    let device = args.backend.check()?.autodiff();
+    Ok(())
+}
+
+/// Trains any task into `out`: one Ctrl-C handler, one progress line, one report.
+fn train<T: Task>(
+    task: T,
+    out: &Path,
+    device: &burn::prelude::Device,
+    start: Start,
+) -> Result<(Trainer<T>, RunSummary)> {
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut trainer = Trainer::new(config.clone(), &out, &args.cache_dir, &device, args.resume)?;
-    let params = trainer.model.parameter_count();
+    let mut trainer = Trainer::new(task, out, &device.clone().autodiff(), start)?;
     println!(
-        "training {name} on {:?}: {} layers, {} heads, {} wide, block {}, {:.2}M parameters, {} steps, batch {} -> {}",
-        args.backend,
-        config.model.n_layers,
-        config.model.n_heads,
-        config.model.d_model,
-        config.model.block_size,
-        params as f64 / 1e6,
-        config.max_iters,
-        config.batch_size * config.grad_accum,
-        out.display()
+        "{:.2}M parameters",
+        qkv_trainer::checkpoint::optimizer_names(&trainer.model)
+            .values()
+            .sum::<usize>() as f64
+            / 1e6
     );
     if trainer.step > 0 {
         println!("resuming at step {}", trainer.step);
     }
     let tty = std::io::stderr().is_terminal();
-    let max = config.max_iters;
+    let max = trainer.task.recipe().max_iters;
     let summary = trainer.run(&interrupt, None, |event| match event {
         Event::Step(r) if tty => {
-            let filled = r.step * 30 / max.max(1);
+            let filled = (r.step * 30 / max.max(1)).min(30);
             eprint!(
                 "\r[{}{}] {}/{} loss {:.4} lr {:.2e} {:.0} tok/s {:.1} ms/it   ",
                 "#".repeat(filled),
@@ -284,53 +438,61 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 r.ms_per_iter
             );
         }
-        Event::Step(_) => {}
-        Event::Eval { step, train_loss, val_loss, val_accuracy } => {
+        Event::Step(_) | Event::Checkpoint { .. } => {}
+        Event::Eval { step, evaluation } => {
             if tty {
                 eprintln!();
             }
+            let train = evaluation
+                .train_loss
+                .map(|l| format!("train loss {l:.4}, "))
+                .unwrap_or_default();
             println!(
-                "step {step:>5}: train loss {train_loss:.4}, val loss {val_loss:.4}, val accuracy {:.2}%",
-                val_accuracy * 100.0
+                "step {step:>5}: {train}val loss {:.4}, val accuracy {:.2}%",
+                evaluation.val_loss,
+                evaluation.val_accuracy * 100.0
             );
         }
-        Event::Checkpoint { .. } => {}
-        Event::Interrupted { step } => println!("\ninterrupted: checkpoint saved at step {step}; continue with --resume"),
+        Event::Stopped { step, reason } => {
+            let why = match reason {
+                StopReason::Interrupted => "interrupted",
+                StopReason::TimeLimit => "time limit reached",
+            };
+            println!("\n{why}: checkpoint saved at step {step}; continue with --resume");
+        }
     })?;
-    let records = metrics::read(&out.join("metrics.jsonl"))?;
-    qkv_trainer::plot::loss_curve(&records, &format!("qkv {name}"), &out.join("loss.png"))?;
-    qkv_trainer::plot::attention_curves(&records, &out.join("attention_stats.png"))?;
     println!(
         "{} steps in {:.1} s: {:.1} ms/iteration, {:.0} tokens/s",
         summary.step, summary.wall_s, summary.ms_per_iter, summary.tokens_per_s
     );
-    if let Some((train_loss, val_loss, accuracy)) = summary.final_eval {
-        println!("final: train loss {train_loss:.4}, val loss {val_loss:.4}");
-        if config.data.recall().is_some() {
-            println!("held-out accuracy: {:.2}% of answers", accuracy * 100.0);
-        }
+    if let Some(eval) = &summary.final_eval
+        && let Some(train_loss) = eval.train_loss
+    {
+        println!(
+            "final: train loss {train_loss:.4}, val loss {:.4}",
+            eval.val_loss
+        );
     }
-    if summary.interrupted {
-        return Ok(());
-    }
-    if config.data.recall().is_none() {
-        let tokenizer = trainer.source.tokenizer();
-        let model = burn::module::Module::valid(&trainer.model);
-        let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
-        let sampling = Sampling::Random {
+    Ok((trainer, summary))
+}
+
+/// Writes 300 tokens sampled from a trained text model to `out/sample.txt` and prints them.
+fn write_sample(trainer: &Trainer<LanguageModel>, out: &Path, seed: u64) -> Result<()> {
+    let tokenizer = trainer.task.source.tokenizer();
+    let model = burn::module::Module::valid(&trainer.model);
+    let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
+    let generation = GenerationConfig {
+        sampling: Sampling::Random {
             temperature: 0.8,
             top_k: Some(200),
             top_p: None,
-            seed: config.seed,
-        };
-        let generation = GenerationConfig {
-            sampling,
-            ..GenerationConfig::greedy(300)
-        };
-        let out_tokens = model.generate(&[prompt], &generation, |_, _| {})?;
-        let text = tokenizer.decode(&out_tokens.tokens[0])?;
-        std::fs::write(out.join("sample.txt"), &text).context("writing sample.txt")?;
-        println!("\nsample (300 characters, temperature 0.8):\n{text}");
-    }
+            seed,
+        },
+        ..GenerationConfig::greedy(300)
+    };
+    let out_tokens = model.generate(&[prompt], &generation, |_, _| {})?;
+    let text = tokenizer.decode(&out_tokens.tokens[0])?;
+    std::fs::write(out.join("sample.txt"), &text).context("writing sample.txt")?;
+    println!("\nsample (300 characters, temperature 0.8):\n{text}");
     Ok(())
 }

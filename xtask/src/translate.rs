@@ -2,151 +2,18 @@
 //! on a built-in task, `cargo xtask translate` uses it, and `cargo xtask attention` on a
 //! translation run draws the cross-attention alignment (see [`cross_attention`]).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use qkv_backends::Backend;
-use qkv_data::TranslationTask;
 use qkv_data::translate::BOS;
 use qkv_plot::Heatmap;
-use qkv_trainer::translate::{
-    TranslateConfig, TranslateEvent, Translator, load_translator, train_translation,
-};
+use qkv_trainer::translate::{Translator, load_translator};
 
 /// Whether `dir` holds a translation run (rather than a language model).
 pub fn is_translation_run(dir: &Path) -> bool {
     dir.join("translate.json").is_file()
-}
-
-/// The flags of `cargo xtask train` that apply to a translation run.
-#[derive(Debug, Default)]
-pub struct TranslateOverrides {
-    /// `--translation`: numbers or dates.
-    pub task: Option<String>,
-    /// `--max-iters`.
-    pub max_iters: Option<usize>,
-    /// `--batch-size`.
-    pub batch_size: Option<usize>,
-    /// `--lr`.
-    pub lr: Option<f64>,
-    /// `--min-lr`.
-    pub min_lr: Option<f64>,
-    /// `--warmup-iters`.
-    pub warmup_iters: Option<usize>,
-    /// `--weight-decay`.
-    pub weight_decay: Option<f64>,
-    /// `--grad-clip`.
-    pub grad_clip: Option<f64>,
-    /// `--eval-interval`.
-    pub eval_interval: Option<usize>,
-    /// `--n-layers`.
-    pub n_layers: Option<usize>,
-    /// `--n-heads`.
-    pub n_heads: Option<usize>,
-    /// `--d-model`.
-    pub d_model: Option<usize>,
-    /// `--dropout`.
-    pub dropout: Option<f64>,
-    /// `--seed`.
-    pub seed: Option<u64>,
-    /// `--label-smoothing`.
-    pub label_smoothing: Option<f64>,
-    /// `--time-limit` (seconds).
-    pub time_limit_s: Option<f64>,
-}
-
-/// Trains a translation model (`cargo xtask train --task translate`).
-pub fn train(o: TranslateOverrides, backend: Backend, out: Option<PathBuf>) -> Result<()> {
-    let task: TranslationTask = o.task.as_deref().unwrap_or("numbers").parse()?;
-    let mut c = TranslateConfig::for_task(task);
-    macro_rules! set {
-        ($($field:ident),*) => { $(if let Some(v) = o.$field { c.$field = v; })* };
-    }
-    set!(
-        max_iters,
-        batch_size,
-        lr,
-        min_lr,
-        warmup_iters,
-        weight_decay,
-        grad_clip,
-        eval_interval,
-        n_layers,
-        n_heads,
-        d_model,
-        dropout,
-        seed,
-        label_smoothing
-    );
-    c.time_limit_s = o.time_limit_s;
-    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("translate-{task}")));
-    let base = backend.check()?;
-    let device = base.clone().autodiff();
-    let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
-    println!(
-        "training translation ({task}) on {backend}: {} + {} layers, {} heads, {} wide, {} steps, batch {} -> {}",
-        c.n_layers,
-        c.n_layers,
-        c.n_heads,
-        c.d_model,
-        c.max_iters,
-        c.batch_size,
-        out.display()
-    );
-    let tty = std::io::stderr().is_terminal();
-    let max = c.max_iters;
-    let summary = train_translation(&c, &out, &device, &interrupt, |event| match event {
-        TranslateEvent::Step(r) if tty => {
-            eprint!(
-                "\r{}/{} loss {:.4} lr {:.2e} {:.1} ms/it   ",
-                r.step, max, r.loss, r.lr, r.ms_per_iter
-            );
-        }
-        TranslateEvent::Step(_) => {}
-        TranslateEvent::Eval {
-            step,
-            val_loss,
-            accuracy,
-        } => {
-            if tty {
-                eprintln!();
-            }
-            println!(
-                "step {step:>5}: held-out loss {val_loss:.4}, exact match {:.2}%",
-                accuracy * 100.0
-            );
-        }
-    })?;
-    println!(
-        "{} steps in {:.1} s; held-out exact match {:.2}% of {} sentences{}",
-        summary.steps,
-        summary.wall_s,
-        summary.accuracy * 100.0,
-        c.eval_sentences,
-        if summary.stopped_early {
-            " (stopped early; the model is saved)"
-        } else {
-            ""
-        }
-    );
-    let translator = load_translator(&out, &base)?;
-    let examples = match task {
-        TranslationTask::Numbers => ["three hundred and forty-two", "nine thousand and nine"],
-        TranslationTask::Dates => ["seventh of march 2024", "thirty-first of december 1999"],
-    };
-    for (text, (answer, _)) in examples.iter().zip(translator.translate(&examples, 1)?) {
-        println!("  {text:?} -> {answer:?}");
-    }
-    Ok(())
 }
 
 /// Options of `cargo xtask translate`.

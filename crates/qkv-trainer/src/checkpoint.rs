@@ -260,13 +260,12 @@ impl Checkpoint {
                 continue;
             };
             let expected = shapes.get(param).copied();
-            let (vshape, v) =
-                self.optimizer
-                    .get(&format!("v.{param}"))
-                    .ok_or_else(|| TrainError::Checkpoint {
-                        path: path.clone(),
-                        reason: format!("m.{param} has no matching v.{param}"),
-                    })?;
+            let (vshape, v) = self.optimizer.get(&format!("v.{param}")).ok_or_else(|| {
+                TrainError::Checkpoint {
+                    path: path.clone(),
+                    reason: format!("m.{param} has no matching v.{param}"),
+                }
+            })?;
             if shape.len() != 1 || expected != Some(shape[0]) || vshape != shape {
                 return Err(TrainError::Checkpoint {
                     path,

@@ -52,7 +52,13 @@ impl LanguageModel {
     /// Mean loss and argmax accuracy over `eval_iters` batches of `split`. The batches come
     /// from a generator seeded by the step, so evaluation does not disturb the training
     /// batch sequence.
-    pub fn evaluate_split(&self, model: &Gpt, split: Split, step: usize, device: &Device) -> (f64, f64) {
+    pub fn evaluate_split(
+        &self,
+        model: &Gpt,
+        split: Split,
+        step: usize,
+        device: &Device,
+    ) -> (f64, f64) {
         let mut rng = SplitMix64::new(self.config.seed ^ 0x5eed_0e7a1 ^ (step as u64) << 20);
         let (mut loss, mut correct, mut counted) = (0.0, 0usize, 0usize);
         for _ in 0..self.config.eval_iters {
@@ -81,7 +87,11 @@ impl LanguageModel {
     }
 
     /// Per-layer, per-head attention statistics on one validation batch.
-    pub fn attention_stats(&self, model: &Gpt, device: &Device) -> Result<Vec<HeadRecord>, TrainError> {
+    pub fn attention_stats(
+        &self,
+        model: &Gpt,
+        device: &Device,
+    ) -> Result<Vec<HeadRecord>, TrainError> {
         let mut rng = SplitMix64::new(self.config.seed ^ 0xa77e_4710);
         let batch = self.draw(Split::Val, &mut rng);
         let (x, _) = tensors(&batch, device);
@@ -144,7 +154,12 @@ impl Task for LanguageModel {
         model.to_safetensors_bytes()
     }
 
-    fn load_weights(&self, model: Gpt, weights: HostTensors, path: &Path) -> Result<Gpt, TrainError> {
+    fn load_weights(
+        &self,
+        model: Gpt,
+        weights: HostTensors,
+        path: &Path,
+    ) -> Result<Gpt, TrainError> {
         Ok(model.load_named(weights, path)?)
     }
 
@@ -189,7 +204,10 @@ impl Task for LanguageModel {
         Ok(vec![
             ("config.json".into(), pretty(&self.config)),
             ("model_config.json".into(), pretty(&self.gpt_config())),
-            ("tokenizer.json".into(), self.source.tokenizer().to_json()?.into_bytes()),
+            (
+                "tokenizer.json".into(),
+                self.source.tokenizer().to_json()?.into_bytes(),
+            ),
         ])
     }
 
@@ -201,12 +219,22 @@ impl Task for LanguageModel {
         batch.batch * batch.seq
     }
 
-    fn loss(&self, model: &Gpt, batch: &TokenBatch, device: &Device) -> Result<Tensor<1>, TrainError> {
+    fn loss(
+        &self,
+        model: &Gpt,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> Result<Tensor<1>, TrainError> {
         let (x, y) = tensors(batch, device);
         Ok(cross_entropy(model.forward(x), y, Some(IGNORE)))
     }
 
-    fn evaluate(&self, model: &Gpt, step: usize, device: &Device) -> Result<Evaluation, TrainError> {
+    fn evaluate(
+        &self,
+        model: &Gpt,
+        step: usize,
+        device: &Device,
+    ) -> Result<Evaluation, TrainError> {
         let (train_loss, _) = self.evaluate_split(model, Split::Train, step, device);
         let (val_loss, val_accuracy) = self.evaluate_split(model, Split::Val, step, device);
         Ok(Evaluation {

@@ -148,7 +148,12 @@ impl<T: Task> Trainer<T> {
             };
             (model, optimizer, checkpoint.state.step, rng)
         } else {
-            (fresh, AdamW::new(recipe.adamw), 0, SplitMix64::new(recipe.seed))
+            (
+                fresh,
+                AdamW::new(recipe.adamw),
+                0,
+                SplitMix64::new(recipe.seed),
+            )
         };
         for (name, bytes) in task.side_files()? {
             write_atomically(&run_dir.join(name), &bytes)?;
@@ -245,8 +250,14 @@ impl<T: Task> Trainer<T> {
             steps_here += 1;
             tokens_here += tokens;
             let elapsed = t0.elapsed().as_secs_f64();
-            let mut record =
-                MetricsRecord::update(self.step, report.loss, lr, report.grad_norm, elapsed, tokens);
+            let mut record = MetricsRecord::update(
+                self.step,
+                report.loss,
+                lr,
+                report.grad_norm,
+                elapsed,
+                tokens,
+            );
             stopped = stop_reason();
             let evaluate = self.step.is_multiple_of(recipe.eval_interval)
                 || self.step == end
@@ -259,7 +270,8 @@ impl<T: Task> Trainer<T> {
             let evaluation = {
                 use burn::module::Module;
                 let device = self.device.clone().without_autodiff();
-                self.task.evaluate(&self.model.valid(), self.step, &device)?
+                self.task
+                    .evaluate(&self.model.valid(), self.step, &device)?
             };
             record.train_loss = evaluation.train_loss;
             record.val_loss = Some(evaluation.val_loss);

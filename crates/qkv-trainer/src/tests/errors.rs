@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::{temp_dir, tiny_recall};
 use super::lm_trainer;
+use super::{temp_dir, tiny_recall};
 use crate::{DataConfig, Start, TrainConfig};
 
 fn device() -> burn::prelude::Device {
@@ -111,9 +111,15 @@ fn mismatched_or_broken_checkpoints_are_named() {
     assert!(err.contains("not a valid safetensors file"), "{err}");
 
     let empty = temp_dir("no-checkpoint");
-    let err = lm_trainer(tiny_recall(4, 0.0), &empty, &empty, &device(), Start::Resume)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = lm_trainer(
+        tiny_recall(4, 0.0),
+        &empty,
+        &empty,
+        &device(),
+        Start::Resume,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("no complete checkpoint"), "{err}");
 }

@@ -7,8 +7,8 @@ use burn::prelude::*;
 use qkv_data::Split;
 use qkv_transformer::SplitMix64;
 
-use super::temp_dir;
 use super::lm_trainer;
+use super::temp_dir;
 use crate::{BatchSource, Start, TrainConfig};
 
 #[test]

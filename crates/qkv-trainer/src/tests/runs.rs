@@ -6,8 +6,8 @@ use burn::prelude::*;
 
 use super::{lm_trainer, temp_dir, tiny_recall};
 use crate::checkpoint::Checkpoint;
-use crate::metrics;
 use crate::checkpoint::SavePoint;
+use crate::metrics;
 use crate::{DataConfig, ModelSettings, Start, StopReason, TrainError};
 
 fn device() -> Device {
@@ -42,7 +42,8 @@ fn resume_continues_exactly() {
             .run(&stop, Some(6), |_| {})
             .unwrap();
         assert_eq!(summary.step, 6);
-        let mut resumed = lm_trainer(config.clone(), &halves, &cache, &device(), Start::Resume).unwrap();
+        let mut resumed =
+            lm_trainer(config.clone(), &halves, &cache, &device(), Start::Resume).unwrap();
         assert_eq!(resumed.step, 6);
         resumed.run(&stop, None, |_| {}).unwrap();
 
@@ -135,7 +136,8 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = temp_dir("nan");
     let cache = temp_dir("nan-cache");
     let stop = AtomicBool::new(false);
-    let mut trainer = lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
+    let mut trainer =
+        lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
     trainer.run(&stop, Some(4), |_| {}).unwrap();
     // Poison one weight, as an exploding update would.
     let w = &mut trainer.model.blocks[0].mlp.fc.weight;
@@ -167,7 +169,8 @@ fn interrupt_saves_and_stops() {
     let dir = temp_dir("interrupt");
     let cache = temp_dir("interrupt-cache");
     let stop = AtomicBool::new(false);
-    let mut trainer = lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
+    let mut trainer =
+        lm_trainer(tiny_recall(12, 0.0), &dir, &cache, &device(), Start::Fresh).unwrap();
     let summary = trainer
         .run(&stop, None, |event| {
             if let crate::Event::Step(r) = event
@@ -180,4 +183,143 @@ fn interrupt_saves_and_stops() {
     assert_eq!(summary.stopped, Some(StopReason::Interrupted));
     assert_eq!(summary.step, 3);
     assert_eq!(Checkpoint::load(&dir).unwrap().state.step, 3);
+}
+
+/// A save hook that fails (as a crash would) at the `n`-th point it reaches, counting from 0.
+fn crash_at(n: usize) -> crate::checkpoint::SaveHook {
+    let mut seen = 0;
+    Box::new(move |point| {
+        seen += 1;
+        if seen - 1 == n {
+            Err(TrainError::Io {
+                path: "checkpoint".into(),
+                source: std::io::Error::other(format!("simulated crash at {point:?}")),
+            })
+        } else {
+            Ok(())
+        }
+    })
+}
+
+#[test]
+fn a_crash_at_any_point_of_any_save_leaves_a_loadable_checkpoint() {
+    let _rng = super::rng_lock();
+    let cache = temp_dir("points-cache");
+    let config = tiny_recall(20, 0.0);
+    // Each save reaches 6 or 7 points (Recovered only after a crash between the renames);
+    // crash at each in turn, several times in a row, and resume after every crash.
+    for first in 0..7 {
+        let dir = temp_dir(&format!("points-{first}"));
+        let stop = AtomicBool::new(false);
+        let mut trainer =
+            lm_trainer(config.clone(), &dir, &cache, &device(), Start::Fresh).unwrap();
+        trainer.run(&stop, Some(4), |_| {}).unwrap();
+        let mut expected = 4;
+        for (round, point) in [first, first, (first + 3) % 7].into_iter().enumerate() {
+            let mut trainer =
+                lm_trainer(config.clone(), &dir, &cache, &device(), Start::Resume).unwrap();
+            assert_eq!(trainer.step, expected, "round {round}, point {point}");
+            trainer.save_hook = Some(crash_at(point));
+            match trainer.run(&stop, Some(expected + 4), |_| {}) {
+                // A save without a crash to recover from has six points; a hook set for the
+                // seventh never fires.
+                Ok(_) => assert_eq!(point, 6, "round {round}: only point 6 can be missed"),
+                Err(e) => assert!(e.to_string().contains("simulated crash"), "{e}"),
+            }
+            let on_disk = Checkpoint::load(&dir).unwrap().state.step;
+            assert!(
+                on_disk == expected || on_disk == expected + 4,
+                "round {round}, point {point}: checkpoint at step {on_disk}"
+            );
+            expected = on_disk;
+        }
+        // And the run still finishes.
+        let mut trainer =
+            lm_trainer(config.clone(), &dir, &cache, &device(), Start::Resume).unwrap();
+        trainer.run(&stop, None, |_| {}).unwrap();
+        assert_eq!(Checkpoint::load(&dir).unwrap().state.step, 20);
+        let steps: Vec<usize> = metrics::read(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, (1..=20).collect::<Vec<_>>(), "point {first}");
+    }
+}
+
+#[test]
+fn a_new_run_never_overwrites_one_without_being_asked() {
+    let _rng = super::rng_lock();
+    let dir = temp_dir("no-overwrite");
+    let config = tiny_recall(4, 0.0);
+    let stop = AtomicBool::new(false);
+    lm_trainer(config.clone(), &dir, &dir, &device(), Start::Fresh)
+        .unwrap()
+        .run(&stop, None, |_| {})
+        .unwrap();
+    let before = std::fs::read(dir.join("config.json")).unwrap();
+    let mut other = config.clone();
+    other.lr = 5e-4;
+    let err = lm_trainer(other.clone(), &dir, &dir, &device(), Start::Fresh)
+        .err()
+        .unwrap();
+    assert!(matches!(err, TrainError::RunExists { .. }), "{err}");
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), before);
+    assert_eq!(Checkpoint::load(&dir).unwrap().state.step, 4);
+
+    let trainer = lm_trainer(other, &dir, &dir, &device(), Start::Overwrite).unwrap();
+    assert_eq!(trainer.step, 0);
+    assert!(
+        Checkpoint::load(&dir).is_err(),
+        "the old checkpoint is gone"
+    );
+}
+
+#[test]
+fn a_torn_metrics_line_is_cut_and_nothing_before_it_is_lost() {
+    use std::io::Write;
+    let _rng = super::rng_lock();
+    let dir = temp_dir("torn-metrics");
+    let config = tiny_recall(8, 0.0);
+    let stop = AtomicBool::new(false);
+    lm_trainer(config.clone(), &dir, &dir, &device(), Start::Fresh)
+        .unwrap()
+        .run(&stop, Some(4), |_| {})
+        .unwrap();
+    let path = dir.join("metrics.jsonl");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(br#"{"step":5,"loss":1.23"#)
+        .unwrap();
+    let (records, warning) = metrics::read_checked(&path).unwrap();
+    assert_eq!(records.len(), 4);
+    assert!(warning.unwrap().contains("line 5 was cut short"));
+    let mut log = metrics::MetricsLog::open(&dir, Some(4)).unwrap();
+    assert_eq!(log.warnings.len(), 1);
+    log.sync().unwrap();
+    drop(log);
+    let mut resumed = lm_trainer(config.clone(), &dir, &dir, &device(), Start::Resume).unwrap();
+    resumed.run(&stop, None, |_| {}).unwrap();
+    let steps: Vec<usize> = metrics::read(&path)
+        .unwrap()
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+
+    // A bad line that is not the last is an error that names it, not a silent loss.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replacen("{\"step\":2", "{\"stp\":2", 1);
+    std::fs::write(&path, broken).unwrap();
+    let err = metrics::MetricsLog::open(&dir, Some(8)).unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"stp\":2"),
+        "left as it was"
+    );
 }

@@ -22,8 +22,13 @@ fn train(
     on_event: impl FnMut(&Event),
 ) -> (Trainer<TranslationRun>, RunSummary) {
     let device = qkv_test_support::flex().autodiff();
-    let mut trainer =
-        Trainer::new(TranslationRun::new(config.clone()).unwrap(), dir, &device, start).unwrap();
+    let mut trainer = Trainer::new(
+        TranslationRun::new(config.clone()).unwrap(),
+        dir,
+        &device,
+        start,
+    )
+    .unwrap();
     let summary = trainer
         .run(&AtomicBool::new(false), stop_at, on_event)
         .unwrap();
@@ -80,7 +85,11 @@ fn a_short_run_learns_dates_saves_and_reloads() {
     // as the model still in memory, for a handful of held-out sentences.
     let mut in_memory = load_translator(&dir, &device).unwrap();
     in_memory.model = burn::module::Module::valid(&trainer.model);
-    let sentences = ["first of may 2001", "seventh of march 2024", "thirty-first of december 1999"];
+    let sentences = [
+        "first of may 2001",
+        "seventh of march 2024",
+        "thirty-first of december 1999",
+    ];
     let (a, b) = (
         in_memory.translate(&sentences, 3).unwrap(),
         t.translate(&sentences, 3).unwrap(),
@@ -149,7 +158,13 @@ fn bad_configs_and_inputs_are_named() {
     // Unknown words, empty input and over-long input, through a real (untrained) run.
     let _lock = rng_lock();
     let dir = temp_dir("translate-inputs");
-    train(&tiny(TranslationTask::Numbers, 2), &dir, Start::Fresh, None, |_| {});
+    train(
+        &tiny(TranslationTask::Numbers, 2),
+        &dir,
+        Start::Fresh,
+        None,
+        |_| {},
+    );
     let t = load_translator(&dir, &device).unwrap();
     for (input, needle) in [
         ("forty-two bananas", "\"bananas\""),
@@ -220,7 +235,10 @@ fn a_diverging_translation_run_names_its_last_good_step() {
     // Step 6 was saved because the run stopped there (stop_at), and it is still the one
     // on disk.
     assert_eq!(
-        crate::checkpoint::Checkpoint::load(&dir).unwrap().state.step,
+        crate::checkpoint::Checkpoint::load(&dir)
+            .unwrap()
+            .state
+            .step,
         6
     );
 }
