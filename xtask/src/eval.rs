@@ -29,6 +29,9 @@ pub struct EvalArgs {
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let device = args.backend.check()?;
     let (config, source) = load_run_data(&args.checkpoint, "eval")?;
     let BatchSource::Text(dataset) = source else {

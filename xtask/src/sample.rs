@@ -61,8 +61,10 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, Option<Tokenizer>
     if dir.join("model_config.json").exists() {
         let text = std::fs::read_to_string(dir.join("model_config.json"))?;
         let config: GptConfig = serde_json::from_str(&text).context("reading model_config.json")?;
+        // The config is checked (and its sizes bounded) before the checkpoint is looked for.
+        let model = config.try_init(device)?;
         let weights = qkv_trainer::checkpoint::latest(dir)?.join("model.safetensors");
-        let model = config.try_init(device)?.load_safetensors(&weights)?;
+        let model = model.load_safetensors(&weights)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))
             .context("reading the run's tokenizer.json")?;
         Ok((model, Some(tokenizer)))

@@ -71,7 +71,41 @@ impl RecallTask {
                 self.n_keys, self.n_pairs
             ));
         }
+        // Examples are drawn until one falls in the wanted split, so both splits must be
+        // likely enough for that to end quickly: with one key and one value there is a
+        // single example, which is never held out, and evaluation would loop forever.
+        let (train, val) = self.split_shares();
+        if train < MIN_SPLIT_SHARE || val < MIN_SPLIT_SHARE {
+            return bad(format!(
+                "recall: with {} keys, {} values and {} pairs, {:.1}% of examples are held out and {:.1}% train; each split needs at least {:.0}%. Use more keys or values",
+                self.n_keys,
+                self.n_values,
+                self.n_pairs,
+                val * 100.0,
+                train * 100.0,
+                MIN_SPLIT_SHARE * 100.0
+            ));
+        }
         Ok(())
+    }
+
+    /// The shares of (training, held-out) examples, estimated from a fixed sample of
+    /// [`SPLIT_SAMPLE`] draws (deterministic: the same answer every time).
+    pub fn split_shares(&self) -> (f64, f64) {
+        let mut state = 0x5b1f_u64;
+        let mut below = |n: usize| {
+            // SplitMix64, inline: this crate has no generator of its own.
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        };
+        let val = (0..SPLIT_SAMPLE)
+            .filter(|_| self.draw(&mut below).1.is_multiple_of(10))
+            .count();
+        let val = val as f64 / SPLIT_SAMPLE as f64;
+        (1.0 - val, val)
     }
 
     /// The vocabulary: values (`0`…), `?`, keys (`a`…), then every pair token (`a0`, `a1`, …).
@@ -184,6 +218,13 @@ impl RecallTask {
     }
 }
 
+/// Draws [`RecallTask::split_shares`] estimates from.
+pub const SPLIT_SAMPLE: usize = 4000;
+
+/// The least share of examples each split must have, so that drawing an example of a split
+/// takes at most about 1 / 0.02 = 50 tries on average.
+pub const MIN_SPLIT_SHARE: f64 = 0.02;
+
 fn key_name(k: usize) -> String {
     char::from(b'a' + k as u8).to_string()
 }
@@ -204,6 +245,47 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((state >> 33) as usize) % n
         }
+    }
+
+    #[test]
+    fn configs_whose_splits_cannot_both_be_drawn_are_rejected() {
+        let one = RecallTask {
+            n_pairs: 1,
+            n_keys: 1,
+            n_values: 1,
+        };
+        let err = one.validate().unwrap_err().to_string();
+        assert!(err.contains("0.0% of examples are held out"), "{err}");
+        assert!(RecallTask::default().validate().is_ok());
+        let (_, val) = RecallTask::default().split_shares();
+        assert!((0.07..0.13).contains(&val), "about a tenth held out: {val}");
+        // Every small config that validation accepts draws examples of both splits (each
+        // draw is in a split with probability at least 2%, so 2000 tries cannot all miss).
+        let mut accepted = 0;
+        for n_keys in 1..=4 {
+            for n_values in 1..=4 {
+                for n_pairs in 1..=n_keys {
+                    let task = RecallTask {
+                        n_pairs,
+                        n_keys,
+                        n_values,
+                    };
+                    if task.validate().is_err() {
+                        continue;
+                    }
+                    accepted += 1;
+                    let mut below = counter(n_keys as u64 * 100 + n_values as u64);
+                    for split in [Split::Train, Split::Val] {
+                        let found = (0..2000).any(|_| {
+                            let (_, checksum) = task.draw(&mut below);
+                            (checksum % 10 == 0) == (split == Split::Val)
+                        });
+                        assert!(found, "{task:?}: no {split:?} example in 2000 draws");
+                    }
+                }
+            }
+        }
+        assert!(accepted >= 5, "only {accepted} small configs accepted");
     }
 
     #[test]

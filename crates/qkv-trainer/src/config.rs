@@ -281,6 +281,9 @@ impl TrainConfig {
             return bad("weight_decay and grad_clip must not be negative".into());
         }
         check_time_limit(self.time_limit_s)?;
+        check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;
+        check_count("grad_accum (--grad-accum)", self.grad_accum, MAX_BATCH)?;
+        check_count("eval_iters (--eval-iters)", self.eval_iters, MAX_BATCH)?;
         if self.eval_interval == 0 || self.eval_iters == 0 {
             return bad("eval_interval and eval_iters must be at least 1".into());
         }
@@ -308,4 +311,17 @@ pub(crate) fn check_time_limit(limit: Option<f64>) -> Result<(), TrainError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// Most sequences in a batch, micro-batches in an update, or batches in an evaluation.
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// Errors unless `value <= max`, naming the setting and the limit.
+pub(crate) fn check_count(name: &str, value: usize, max: usize) -> Result<(), TrainError> {
+    if value > max {
+        return Err(TrainError::Config(format!(
+            "{name} is {value}, above the limit of {max}"
+        )));
+    }
+    Ok(())
 }

@@ -31,7 +31,27 @@ impl LanguageModel {
     pub fn open(config: TrainConfig, cache_dir: &Path) -> Result<Self, TrainError> {
         config.validate()?;
         let source = BatchSource::open(&config, cache_dir, None)?;
-        Ok(Self { config, source })
+        let task = Self { config, source };
+        qkv_transformer::limits::ensure_fits(
+            task.training_bytes(),
+            "one training step of this config",
+            "lower --batch-size, --block-size, --n-layers or --d-model",
+        )?;
+        Ok(task)
+    }
+
+    /// A lower bound on the memory one training step needs: weights, gradients and both
+    /// AdamW moments (16 bytes a parameter), the logits with their softmax and gradient, and
+    /// the activations each block keeps for the backward pass. Checked before anything is
+    /// allocated, so that an impossible config is an error, not an allocation abort.
+    pub fn training_bytes(&self) -> u64 {
+        let gpt = self.gpt_config();
+        let tokens = self.config.batch_size as u128 * self.config.model.block_size as u128;
+        let per_token_per_layer = 4 * gpt.d_model as u128 + 2 * gpt.d_ff() as u128;
+        let floats = 4 * gpt.parameter_count()
+            + 3 * tokens * gpt.vocab_size as u128
+            + tokens * gpt.n_layers as u128 * per_token_per_layer;
+        (floats * 4).min(u64::MAX as u128) as u64
     }
 
     /// The full model config (the vocabulary comes from the data's tokenizer).

@@ -146,6 +146,13 @@ impl TranslateConfig {
             return bad("weight_decay and grad_clip must be finite and not negative".into());
         }
         crate::config::check_time_limit(self.time_limit_s)?;
+        use crate::config::{MAX_BATCH, check_count};
+        check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;
+        check_count(
+            "eval_sentences (--eval-sentences)",
+            self.eval_sentences,
+            MAX_BATCH,
+        )?;
         if self.eval_interval == 0 || self.eval_sentences == 0 {
             return bad("eval_interval and eval_sentences must be at least 1".into());
         }

@@ -104,6 +104,29 @@ impl GptConfig {
         self.mlp_ratio * self.d_model
     }
 
+    /// Parameters the model has (each tensor once, tied weights once). Computed in `u128`,
+    /// so it is exact for any config, valid or not.
+    pub fn parameter_count(&self) -> u128 {
+        let (v, t, l, d) = (
+            self.vocab_size as u128,
+            self.block_size as u128,
+            self.n_layers as u128,
+            self.d_model as u128,
+        );
+        let ff = self.mlp_ratio as u128 * d;
+        let b = self.bias as u128;
+        let attention = 4 * d * d + 4 * d * b;
+        let mlp = 2 * d * ff + (ff + d) * b;
+        let norms = 2 * (d + d * b);
+        let positions = if self.positional == PositionalEncoding::Learned {
+            t * d
+        } else {
+            0
+        };
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        v * d + positions + l * (attention + mlp + norms) + (d + d * b) + head
+    }
+
     /// Checks every value, naming the first one that is wrong and why.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
@@ -119,6 +142,13 @@ impl GptConfig {
                 return bad(format!("{name} must be at least 1"));
             }
         }
+        use crate::limits::{self, check};
+        check("vocab_size", self.vocab_size, limits::MAX_VOCAB)?;
+        check("block_size", self.block_size, limits::MAX_CONTEXT)?;
+        check("n_layers", self.n_layers, limits::MAX_LAYERS)?;
+        check("n_heads", self.n_heads, limits::MAX_HEADS)?;
+        check("d_model", self.d_model, limits::MAX_WIDTH)?;
+        check("mlp_ratio", self.mlp_ratio, limits::MAX_MLP_RATIO)?;
         if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "n_heads ({}) must divide d_model ({}): each head gets d_model / n_heads features",

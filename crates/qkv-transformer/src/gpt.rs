@@ -54,6 +54,12 @@ impl GptConfig {
     /// projections `N(0, 0.02/√(2·n_layers))`, biases 0, LayerNorms 1 and 0.
     pub fn try_init(&self, device: &Device) -> Result<Gpt, ModelError> {
         self.validate()?;
+        let params = self.parameter_count();
+        crate::limits::ensure_fits(
+            (params * 4).min(u64::MAX as u128) as u64,
+            &format!("a model of {params} parameters"),
+            "choose fewer layers, a narrower model or a smaller vocabulary",
+        )?;
         let normal = Initializer::Normal {
             mean: 0.0,
             std: 0.02,

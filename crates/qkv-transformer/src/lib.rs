@@ -38,6 +38,7 @@ mod error;
 mod generate;
 mod gpt;
 pub mod gpt2;
+pub mod limits;
 mod loss;
 mod mlp;
 mod norm;

@@ -124,7 +124,16 @@ pub fn filtered_probs(
     top_k: Option<usize>,
     top_p: Option<f64>,
 ) -> Vec<f64> {
-    let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
+    // The largest logit is subtracted before dividing: with a tiny temperature, l / T
+    // overflows to infinity and inf - inf is NaN, while (l - max) / T is 0 for the largest
+    // and -inf for the rest, the greedy limit that the temperature tends to.
+    let top = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    let scaled: Vec<f64> = logits
+        .iter()
+        .map(|&l| (l as f64 - top) / temperature)
+        .collect();
     let mut order: Vec<usize> = (0..scaled.len()).collect();
     order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
     let mut keep = vec![true; scaled.len()];
@@ -161,6 +170,25 @@ pub fn filtered_probs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vanishing_temperature_tends_to_greedy_not_to_token_zero() {
+        let logits = [0.5f32, 3.0, -1.0, 2.9];
+        for temperature in [1e-310, 1e-300, 1e-30] {
+            let p = filtered_probs(&logits, temperature, None, None);
+            assert_eq!(p, vec![0.0, 1.0, 0.0, 0.0], "temperature {temperature}");
+        }
+        let sampling = Sampling::Random {
+            temperature: 1e-310,
+            top_k: None,
+            top_p: None,
+            seed: 7,
+        };
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &sampling, &mut rng), 1);
+        }
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

@@ -63,6 +63,9 @@ pub fn run(args: AttentionArgs) -> Result<()> {
             .unwrap_or_else(|| args.checkpoint.join("attention"));
         return crate::translate::cross_attention(&args.checkpoint, text, &out, args.backend);
     }
+    if args.ablate && args.ablate_batches == 0 {
+        bail!("--ablate-batches must be at least 1: the loss of no batches is not a number");
+    }
     let device = args.backend.check()?;
     let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
     if args.ablate {
@@ -84,6 +87,15 @@ pub fn run(args: AttentionArgs) -> Result<()> {
             model.block_size
         );
     }
+    // Every layer's and head's probabilities are kept, [T, T] each, in the model and again
+    // in the page and the JSON.
+    let heads = model.blocks.first().map_or(0, |b| b.attn.n_heads);
+    let cells = (model.n_layers() * heads * ids.len() * ids.len()) as u64;
+    qkv_transformer::limits::ensure_fits(
+        cells.saturating_mul(4 * 3),
+        &format!("the attention maps of a {}-token prompt", ids.len()),
+        "give a shorter prompt, or --layer and --head",
+    )?;
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
         bail!(
             "token id {bad} is outside the vocabulary (vocab_size {})",

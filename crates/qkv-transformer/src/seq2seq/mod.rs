@@ -86,6 +86,24 @@ impl Seq2SeqConfig {
         if self.n_encoder_layers == 0 || self.n_decoder_layers == 0 {
             return bad("the encoder and the decoder need at least one layer each".into());
         }
+        use crate::limits::{self, check};
+        check("src_vocab_size", self.src_vocab_size, limits::MAX_VOCAB)?;
+        check("tgt_vocab_size", self.tgt_vocab_size, limits::MAX_VOCAB)?;
+        check("max_src_len", self.max_src_len, limits::MAX_CONTEXT)?;
+        check("max_tgt_len", self.max_tgt_len, limits::MAX_CONTEXT)?;
+        check(
+            "n_encoder_layers",
+            self.n_encoder_layers,
+            limits::MAX_LAYERS,
+        )?;
+        check(
+            "n_decoder_layers",
+            self.n_decoder_layers,
+            limits::MAX_LAYERS,
+        )?;
+        check("n_heads", self.n_heads, limits::MAX_HEADS)?;
+        check("d_model", self.d_model, limits::MAX_WIDTH)?;
+        check("mlp_ratio", self.mlp_ratio, limits::MAX_MLP_RATIO)?;
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "n_heads ({}) must divide d_model ({})",
@@ -101,10 +119,34 @@ impl Seq2SeqConfig {
         Ok(())
     }
 
+    /// About how many parameters the model has (the matrices and embeddings exactly; biases
+    /// and norms approximately), in `u128` so that any config gives a number.
+    pub fn parameter_count(&self) -> u128 {
+        let d = self.d_model as u128;
+        let ff = self.mlp_ratio as u128 * d;
+        let embeddings = (self.src_vocab_size as u128
+            + if self.share_embeddings {
+                0
+            } else {
+                self.tgt_vocab_size as u128
+            })
+            * d;
+        let positions = (self.max_src_len + self.max_tgt_len) as u128 * d;
+        let encoder = self.n_encoder_layers as u128 * (4 * d * d + 2 * d * ff + 8 * d + ff);
+        let decoder = self.n_decoder_layers as u128 * (8 * d * d + 2 * d * ff + 12 * d + ff);
+        embeddings + positions + encoder + decoder
+    }
+
     /// Builds the model: weights `N(0, 0.02)`, residual output projections
     /// `N(0, 0.02/√(2·layers))`, biases 0.
     pub fn try_init(&self, device: &Device) -> Result<Seq2Seq, ModelError> {
         self.validate()?;
+        let params = self.parameter_count();
+        crate::limits::ensure_fits(
+            (params * 4).min(u64::MAX as u128) as u64,
+            &format!("a model of about {params} parameters"),
+            "choose fewer layers or a narrower model",
+        )?;
         let normal = Initializer::Normal {
             mean: 0.0,
             std: 0.02,
