@@ -116,9 +116,21 @@ impl BpeTokenizer {
 
     /// Reads a Hugging Face `tokenizer.json` (GPT-2's, or one saved by [`to_json`](Self::to_json)).
     pub fn from_json(json: &str) -> Result<Self, DataError> {
-        let inner: tokenizers::Tokenizer = json
-            .parse()
-            .map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
+        // The JSON's syntax first, for an error with its line and column: the `tokenizers`
+        // crate panics on some malformed files (a truncated decoder section, found by this
+        // workspace's parser fuzzing) instead of returning its error.
+        serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| DataError::Tokenizer(format!("not a JSON tokenizer file: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>());
+        let inner = match parsed {
+            Ok(result) => result.map_err(|e| DataError::Tokenizer(e.to_string()))?,
+            Err(_) => {
+                return Err(DataError::Tokenizer(
+                    "the tokenizers crate could not read this tokenizer.json (it is malformed)"
+                        .into(),
+                ));
+            }
+        };
         Ok(Self { inner })
     }
 

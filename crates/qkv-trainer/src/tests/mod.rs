@@ -3,6 +3,7 @@
 
 mod errors;
 mod optim_parity;
+mod parsers;
 mod recall_heads;
 mod runs;
 mod translate;
@@ -60,4 +61,9 @@ pub(crate) fn lm_trainer(
     start: Start,
 ) -> Result<Trainer<LanguageModel>, TrainError> {
     Trainer::new(LanguageModel::open(config, cache)?, run_dir, device, start)
+}
+
+/// The autodiff Flex device the run tests train on.
+pub(crate) fn runs_device() -> Device {
+    qkv_test_support::flex().autodiff()
 }
