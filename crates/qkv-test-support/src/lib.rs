@@ -121,6 +121,24 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     );
 }
 
+/// Asserts that `a` is within `rel` of `b` relative to `b`'s scale: the largest element-wise
+/// difference is at most `rel` times the largest `|b|`. Unlike an absolute tolerance, this
+/// holds small tensors (a LayerNorm's gradient of 1e-4) to the same standard as large ones:
+/// with `rel` below 0.1, a 10% error in any tensor fails.
+///
+/// # Panics
+/// On failure, when `b` is all zeros (nothing to be relative to), or on a NaN.
+pub fn assert_rel_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: the reference is all zeros");
+    let diff = max_abs_diff(a, b);
+    assert!(
+        diff <= rel * scale,
+        "{what}: max |difference| {diff:e} is {:.2e} of the largest value {scale:e}, above {rel:e}",
+        diff / scale
+    );
+}
+
 /// A fresh, empty temporary directory, unique per call (the same test body runs on several
 /// backends at once, so a name alone would be shared).
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
