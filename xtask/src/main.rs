@@ -1,7 +1,8 @@
 //! The qkv command line, run as `cargo xtask <command>`.
 //!
-//! * `train`: train a model (the default: associative recall, offline, a few minutes on 2
-//!   cores; `--preset shakespeare-char` for nanoGPT's character-level Shakespeare).
+//! * `train`: train a model (the default: associative recall, offline, about 35 s on 2
+//!   cores; `--preset shakespeare-char` for nanoGPT's character-level Shakespeare;
+//!   `--task translate` for the encoder–decoder).
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
 //! * `eval`: a text model's loss over a whole data split.

@@ -25,8 +25,10 @@
 //! * [`reference`](mod@reference) holds deliberately slow, loop-by-loop versions of all of the above. They
 //!   exist only to be obviously right, and every fast path is tested against them.
 //!
-//! * [`fused`] holds LayerNorm, the scaled causal softmax and GELU as single fused ops with
-//!   hand-written backward passes (kernels on the Flex CPU backend, the explicit path elsewhere).
+//! * [`fused`] holds six fused ops: LayerNorm, the scaled causal softmax, GELU, dropout,
+//!   flash attention (forward, backward and dropout without materialising the
+//!   probabilities) and the one-pass AdamW update, each with hand-written backward passes
+//!   where it has one (kernels on the Flex CPU backend, the explicit path elsewhere).
 //!
 //! Nothing here has parameters or touches files, and every function works on whatever device
 //! its tensors live on; only [`fused`] names a backend, to give Flex its kernels.
