@@ -82,7 +82,10 @@ test_on_cpu_backends!(five_adamw_steps_match_pytorch, |device: &Device| {
             // removes: its true gradient is 0, and what both frameworks compute is rounding
             // noise (about 1e-9), which Adam's g / (√v + ε) turns into steps of up to lr.
             // Equal noise cannot be asked for; bounded steps can.
-            let moved = got.iter().zip(start).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let moved = got
+                .iter()
+                .zip(start)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(moved <= 5.0 * 1e-2 * 1.01, "{name} moved {moved}");
             continue;
         }
