@@ -45,3 +45,8 @@ pub use mha::{AttentionInspection, MhaInput, MhaOutput, MultiHeadAttention};
 
 #[cfg(test)]
 mod tests;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -31,3 +31,8 @@ pub use translate::{TranslateError, TranslationBatch, TranslationTask, Translati
 
 /// The target value that carries no loss (padding, or positions that are not answers).
 pub const IGNORE: i64 = -1;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -10,3 +10,8 @@ mod line;
 pub use canvas::{Canvas, Rgb};
 pub use heatmap::{Heatmap, heat_color};
 pub use line::{LinePlot, Series};
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

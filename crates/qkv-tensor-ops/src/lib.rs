@@ -49,3 +49,8 @@ pub use sdpa::{
 };
 pub use softmax::masked_softmax;
 pub use stats::{HeadStats, attention_stats};
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

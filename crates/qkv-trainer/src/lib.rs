@@ -33,3 +33,8 @@ pub use trainer::{Event, RunSummary, Start, StopReason, Trainer};
 
 #[cfg(test)]
 mod tests;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -67,3 +67,8 @@ pub use seq2seq::{
 
 #[cfg(test)]
 mod tests;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
