@@ -8,45 +8,6 @@ use qkv_tensor_ops::{AttentionPath, SdpaOptions, apply_rotary, scaled_dot_produc
 use crate::cache::KvCache;
 use crate::error::AttentionError;
 
-/// How one forward pass computes attention. Every route computes the same function (the
-/// tests compare them); they differ in speed and in what they can return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// Probabilities materialised (`attention_probs`, dropout, then a matmul): the only
-    /// route that can return them.
-    Explicit,
-    /// One kernel with its own backward pass and dropout that never writes the
-    /// probabilities out (`qkv_tensor_ops::fused::flash_attention`, Flex only), reading the
-    /// heads in place.
-    Flash,
-    /// Burn's attention op (Flex: two GEMMs or tiled flash attention; CubeCL: flash
-    /// kernels). Forward-only, and it has no dropout.
-    Fused,
-}
-
-impl Route {
-    /// Picks the route for queries `q`: the probabilities materialised when they are asked
-    /// for; on Flex, the flash kernel for every call with more than one query (training and
-    /// inference, any mask, with or without dropout), Burn's op for a single query (a
-    /// decoding step with the cache, measured faster there); elsewhere, the explicit route
-    /// under autodiff (Burn's op is a decomposed fallback there, and has no dropout) and
-    /// Burn's op otherwise. Measurements in ARCHITECTURE.md, "Performance".
-    pub(crate) fn choose(q: &Tensor<4>, return_probs: bool) -> Self {
-        let device = q.device();
-        let seq_q = q.dims()[2];
-        let flex = qkv_tensor_ops::fused::has_fused_kernels(&device, q.dtype());
-        if return_probs {
-            Route::Explicit
-        } else if flex && seq_q > 1 {
-            Route::Flash
-        } else if device.is_autodiff() {
-            Route::Explicit
-        } else {
-            Route::Fused
-        }
-    }
-}
-
 /// Multi-head attention, as in "Attention Is All You Need"
 /// (<https://arxiv.org/abs/1706.03762>, section 3.2.2):
 /// `MultiHead(Q, K, V) = Concat(head_1..head_h)·W_O`, `head_i = Attention(Q·W_Q_i, K·W_K_i, V·W_V_i)`.
@@ -345,8 +306,8 @@ impl MultiHeadAttention {
         // The causal rule is folded in by the attention function itself (bottom-right).
         let device = q.device();
         let mask = |pad| attention_mask(seq_q, seq_k, false, pad, &device);
-        let (heads, probs) = match Route::choose(&q, return_probs) {
-            Route::Flash => {
+        let (heads, probs) = match AttentionPath::choose(&q, return_probs) {
+            AttentionPath::Flash => {
                 let dropout = if crate::dropout::is_active(&self.dropout, &device) {
                     self.dropout.prob
                 } else {
@@ -363,12 +324,12 @@ impl MultiHeadAttention {
                 );
                 (heads, None)
             }
-            Route::Explicit => {
+            AttentionPath::Explicit => {
                 let probs = qkv_tensor_ops::attention_probs(q, k, mask(key_padding), causal, None);
                 let context = crate::dropout(&self.dropout, probs.clone()).matmul(v);
                 (context, return_probs.then_some(probs))
             }
-            Route::Fused => {
+            AttentionPath::Fused => {
                 let options = SdpaOptions {
                     causal,
                     scale: None,

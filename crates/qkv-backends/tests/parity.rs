@@ -95,7 +95,11 @@ fn tokens(rng: &mut SeededRng, batch: usize, seq: usize, device: &Device) -> Ten
 }
 
 against_flex!(attention_outputs_and_probabilities, |device: &Device| {
-    for path in [AttentionPath::Explicit, AttentionPath::Fused] {
+    for path in [
+        AttentionPath::Explicit,
+        AttentionPath::Flash,
+        AttentionPath::Fused,
+    ] {
         let run = |dev: &Device| {
             let mut rng = SeededRng::new(5);
             let q = random_tensor(&mut rng, [2, 4, 12, 8], 1.0, dev);

@@ -1,5 +1,6 @@
-//! Scaled dot-product attention, `softmax(Q·Kᵀ/√d_head + mask)·V`, in two paths behind one
-//! function: explicit (probabilities materialised) and fused (Burn's attention op).
+//! Scaled dot-product attention, `softmax(Q·Kᵀ/√d_head + mask)·V`, in three paths behind one
+//! function and one choice ([`AttentionPath::choose`]): explicit (probabilities
+//! materialised), flash (our kernel) and fused (Burn's attention op).
 
 use burn::prelude::*;
 use burn::tensor::module::attention;
@@ -8,19 +9,50 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::mask::causal_mask;
 use crate::softmax::masked_softmax;
 
-/// Which implementation [`scaled_dot_product_attention`] runs.
+/// How attention is computed: the one choice of path in qkv, made by
+/// [`AttentionPath::choose`] and taken by [`scaled_dot_product_attention`] and the attention
+/// layer. Every path computes the same function (the tests compare them); they differ in
+/// speed and in what they can return.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AttentionPath {
     /// `probs = masked_softmax(Q·Kᵀ·scale)`, then `probs·V`, as separate tensor ops. Slower
     /// and holds the `[batch, n_heads, seq_q, seq_k]` probabilities in memory, but it can
     /// return them (for inspection) and lets a caller apply dropout to them.
     Explicit,
+    /// One kernel with its own backward pass and dropout that never writes the
+    /// probabilities out ([`crate::fused::flash_attention`]; on a backend without the
+    /// kernels, its explicit form). It takes a key-padding mask, not a general one.
+    Flash,
     /// Burn's `module::attention`, which a backend may run as one kernel that never
     /// materialises the probabilities (Flex: two-GEMM or tiled flash attention; CubeCL:
     /// flash kernels). On an autodiff device Burn 0.22 runs its unfused, differentiable
-    /// fallback, so this path speeds up inference, not training.
+    /// fallback, so this path speeds up inference, not training. It has no dropout.
     #[default]
     Fused,
+}
+
+impl AttentionPath {
+    /// The path for queries `q` (`[batch, n_heads, seq_q, d_head]`): explicit when the
+    /// probabilities are asked for; on Flex, the flash kernel for every call with more than
+    /// one query (training and inference, any mask, with or without dropout) and Burn's op
+    /// for a single query (a decoding step with the cache, measured faster there);
+    /// elsewhere, explicit under autodiff (Burn's op is a decomposed fallback there, and
+    /// has no dropout) and Burn's op otherwise. Measurements in ARCHITECTURE.md,
+    /// "Performance".
+    pub fn choose(q: &Tensor<4>, return_probs: bool) -> Self {
+        let device = q.device();
+        let seq_q = q.dims()[2];
+        let flex = crate::fused::has_fused_kernels(&device, q.dtype());
+        if return_probs {
+            AttentionPath::Explicit
+        } else if flex && seq_q > 1 {
+            AttentionPath::Flash
+        } else if device.is_autodiff() {
+            AttentionPath::Explicit
+        } else {
+            AttentionPath::Fused
+        }
+    }
 }
 
 /// Options for [`scaled_dot_product_attention`].
@@ -30,7 +62,7 @@ pub struct SdpaOptions {
     pub causal: bool,
     /// Multiplier of `Q·Kᵀ`; `None` means `1/√d_head`.
     pub scale: Option<f64>,
-    /// Explicit or fused.
+    /// Explicit, flash or fused.
     pub path: AttentionPath,
 }
 
@@ -83,7 +115,7 @@ pub fn attention_probs(
 /// Scaled dot-product attention, `softmax(Q·Kᵀ/√d_head + mask)·V`, where the mask adds
 /// `-inf` at hidden keys.
 ///
-/// Both paths compute the same function (tested to 1e-5 against
+/// Every path computes the same function (tested to 1e-5 against
 /// [`reference_attention`](crate::reference::reference_attention)), including a query with
 /// every key hidden, whose context is the zero vector.
 ///
@@ -107,7 +139,20 @@ pub fn scaled_dot_product_attention(
                 probs: Some(probs),
             }
         }
-        AttentionPath::Fused => {
+        // The flash kernel takes a key-padding mask; a general mask goes to Burn's op.
+        AttentionPath::Flash if mask.is_none() => SdpaOutput {
+            context: crate::fused::flash_attention(
+                q,
+                k,
+                v,
+                None,
+                options.causal,
+                options.scale,
+                0.0,
+            ),
+            probs: None,
+        },
+        AttentionPath::Flash | AttentionPath::Fused => {
             let [batch, n_heads, seq_q, _] = q.dims();
             let seq_k = k.dims()[2];
             // Burn's op wants the mask at full size.
@@ -241,7 +286,11 @@ mod tests {
             padded.then_some(&pad_host[..]),
         );
         let case = format!("seq_q {seq_q}, seq_k {seq_k}, causal {causal}, padded {padded}");
-        for path in [AttentionPath::Explicit, AttentionPath::Fused] {
+        for path in [
+            AttentionPath::Explicit,
+            AttentionPath::Flash,
+            AttentionPath::Fused,
+        ] {
             let opts = SdpaOptions {
                 causal,
                 scale: None,
@@ -260,14 +309,14 @@ mod tests {
                 (AttentionPath::Explicit, Some(p)) => {
                     assert_close(&values(p), &want_probs, 1e-6, &format!("probs, {case}"))
                 }
-                (AttentionPath::Fused, None) => {}
+                (AttentionPath::Flash | AttentionPath::Fused, None) => {}
                 (path, probs) => panic!("{path:?} returned probs: {}", probs.is_some()),
             }
         }
     }
 
     test_on_cpu_backends!(
-        both_paths_match_reference_on_odd_shapes,
+        every_path_matches_reference_on_odd_shapes,
         |device: &Device| {
             for (seq_q, seq_k) in [(7, 7), (13, 13), (7, 13)] {
                 for causal in [false, true] {

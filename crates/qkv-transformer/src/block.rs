@@ -23,10 +23,27 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block as the paper writes it: attention, then the MLP, each reading a
+    /// LayerNorm of the residual stream and adding its output back to it.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
+    ///
+    /// # Panics
+    /// If `x` is not as wide as the block (the model checks its inputs before).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attention(self.ln_1.forward(x));
+        x.clone() + self.feed_forward(self.ln_2.forward(x))
+    }
+
+    /// [`forward`](Self::forward), continuing from a KV cache and returning the attention
+    /// probabilities when asked: the same two residual steps, with the attention step
+    /// taking the cache and the recording.
+    ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
     /// - recorded probabilities: `[batch, n_heads, seq, cache_len + seq]`
-    pub fn forward(
+    pub fn forward_detailed(
         &self,
         x: Tensor<3>,
         cache: Option<&mut KvCache>,
@@ -39,9 +56,27 @@ impl Block {
             None => self.attn.try_forward(input)?,
         };
         let x = x + qkv_attention::dropout(&self.attn_dropout, attended.context);
-        let [batch, seq, d_model] = x.dims();
-        let normed = self.ln_2.forward(x.clone()).reshape([batch * seq, d_model]);
-        let x = x + self.mlp.forward(normed).reshape([batch, seq, d_model]);
+        let x = x.clone() + self.feed_forward(self.ln_2.forward(x));
         Ok((x, attended.probs))
+    }
+
+    /// Causal self-attention of the normalised stream, with dropout on its output.
+    ///
+    /// # Shapes
+    /// `h`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
+    fn attention(&self, h: Tensor<3>) -> Tensor<3> {
+        let attended = self.attn.forward(MhaInput::self_attn(h).causal());
+        qkv_attention::dropout(&self.attn_dropout, attended.context)
+    }
+
+    /// The MLP, applied to every position alike.
+    ///
+    /// # Shapes
+    /// `h`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
+    fn feed_forward(&self, h: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, d_model] = h.dims();
+        self.mlp
+            .forward(h.reshape([batch * seq, d_model]))
+            .reshape([batch, seq, d_model])
     }
 }

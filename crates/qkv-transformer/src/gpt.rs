@@ -11,6 +11,7 @@ use qkv_attention::{AttentionInspection, KvCache, MhaInput, MultiHeadAttentionCo
 use crate::block::Block;
 use crate::config::{GptConfig, PositionalEncoding};
 use crate::error::ModelError;
+use crate::init::zero_bias;
 use crate::mlp::Mlp;
 use crate::norm::LayerNorm;
 use crate::positional::sinusoidal_table;
@@ -139,15 +140,6 @@ impl GptConfig {
     }
 }
 
-/// A linear layer with its bias (if any) set to zero.
-pub(crate) fn zero_bias(mut linear: Linear) -> Linear {
-    if let Some(bias) = &linear.bias {
-        let val = bias.val();
-        linear.bias = Some(Param::from_tensor(val.zeros_like()));
-    }
-    linear
-}
-
 impl Gpt {
     /// Logits for every position.
     ///
@@ -158,10 +150,47 @@ impl Gpt {
     /// If `seq > block_size` or the batch is empty; use
     /// [`forward_detailed`](Self::forward_detailed) to get an error instead.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        match self.forward_detailed(tokens, None, false) {
-            Ok(out) => out.logits,
-            Err(error) => panic!("{error}"),
+        if let Err(error) = self.check_tokens(&tokens, 0) {
+            panic!("{error}");
         }
+        let mut x = self.embed(tokens, 0);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.logits(self.ln_f.forward(x))
+    }
+
+    /// Errors unless `tokens` is a non-empty batch that fits in the block after `start`
+    /// cached positions.
+    fn check_tokens(&self, tokens: &Tensor<2, Int>, start: usize) -> Result<(), ModelError> {
+        let [batch, seq] = tokens.dims();
+        if batch == 0 || seq == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "empty batch of tokens, shape [{batch}, {seq}]"
+            )));
+        }
+        if start + seq > self.block_size {
+            return Err(ModelError::TooLong {
+                len: start + seq,
+                block_size: self.block_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The LM head: next-token logits from the final normalised stream.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, d_model]` -> `[batch, seq, vocab_size]`
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, d_model] = x.dims();
+        let x = x.reshape([batch * seq, d_model]);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            // Weight tying: the LM head is the token embedding, [vocab, d_model], transposed.
+            None => x.matmul(self.token_embedding.weight.val().transpose()),
+        };
+        logits.reshape([batch, seq, self.vocab_size])
     }
 
     /// Token plus position embeddings for positions `start..start + seq`, with embedding
@@ -209,7 +238,7 @@ impl Gpt {
         }
         let mut x = self.embed(tokens, 0);
         for block in &self.blocks[..layer] {
-            x = block.forward(x, None, false)?.0;
+            x = block.forward(x);
         }
         let block = &self.blocks[layer];
         Ok(block
@@ -270,12 +299,6 @@ impl Gpt {
         mut caches: Option<&mut [KvCache]>,
         record_attention: bool,
     ) -> Result<GptOutput, ModelError> {
-        let [batch, seq] = tokens.dims();
-        if batch == 0 || seq == 0 {
-            return Err(ModelError::InvalidInput(format!(
-                "empty batch of tokens, shape [{batch}, {seq}]"
-            )));
-        }
         let start = match &caches {
             Some(caches) => {
                 if caches.len() != self.n_layers() {
@@ -289,29 +312,17 @@ impl Gpt {
             }
             None => 0,
         };
-        if start + seq > self.block_size {
-            return Err(ModelError::TooLong {
-                len: start + seq,
-                block_size: self.block_size,
-            });
-        }
+        self.check_tokens(&tokens, start)?;
         let mut x = self.embed(tokens, start);
-        let d_model = x.dims()[2];
         let mut attention = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[layer]);
-            let (next, probs) = block.forward(x, cache, record_attention)?;
+            let (next, probs) = block.forward_detailed(x, cache, record_attention)?;
             x = next;
             attention.extend(probs);
         }
-        let x = self.ln_f.forward(x).reshape([batch * seq, d_model]);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            // Weight tying: the LM head is the token embedding, [vocab, d_model], transposed.
-            None => x.matmul(self.token_embedding.weight.val().transpose()),
-        };
         Ok(GptOutput {
-            logits: logits.reshape([batch, seq, self.vocab_size]),
+            logits: self.logits(self.ln_f.forward(x)),
             attention,
         })
     }

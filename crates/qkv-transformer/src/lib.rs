@@ -38,6 +38,7 @@ mod error;
 mod generate;
 mod gpt;
 pub mod gpt2;
+mod init;
 pub mod limits;
 mod loss;
 mod mlp;

@@ -37,8 +37,8 @@ impl Mlp {
                 .init(device)
         };
         Self {
-            fc: crate::gpt::zero_bias(linear(d_model, d_ff, 0.02)),
-            proj: crate::gpt::zero_bias(linear(d_ff, d_model, proj_std)),
+            fc: crate::init::zero_bias(linear(d_model, d_ff, 0.02)),
+            proj: crate::init::zero_bias(linear(d_ff, d_model, proj_std)),
             dropout: DropoutConfig::new(dropout).init(),
             tanh_gelu: *activation == Activation::GeluTanh,
         }

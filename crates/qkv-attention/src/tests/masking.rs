@@ -6,8 +6,8 @@ use qkv_tensor_ops::padding_mask_from_lengths;
 use qkv_test_support::{SeededRng, assert_close, random_tensor, test_on_cpu_backends, values};
 
 use super::seeded_layer;
-use crate::mha::Route;
 use crate::{MhaInput, MultiHeadAttentionConfig};
+use qkv_tensor_ops::AttentionPath;
 
 test_on_cpu_backends!(causal_outputs_ignore_the_future, |device: &Device| {
     let config = MultiHeadAttentionConfig::new(20, 5).with_rotary_base(Some(10_000.0));
@@ -268,25 +268,34 @@ test_on_cpu_backends!(each_device_takes_its_measured_route, |device: &Device| {
     let flex = qkv_tensor_ops::fused::has_fused_kernels(device, DType::F32);
     let q = |seq: usize, device: &Device| Tensor::<4>::zeros([1, 2, seq, 4], device);
     let (plain, training) = (device.clone(), device.clone().autodiff());
-    let flash_or = |fallback| if flex { Route::Flash } else { fallback };
+    let flash_or = |fallback| if flex { AttentionPath::Flash } else { fallback };
     // The flash kernel on Flex whenever there is more than one query.
     for seq in [2, 64, 600] {
         assert_eq!(
-            Route::choose(&q(seq, &plain), false),
-            flash_or(Route::Fused)
+            AttentionPath::choose(&q(seq, &plain), false),
+            flash_or(AttentionPath::Fused)
         );
         assert_eq!(
-            Route::choose(&q(seq, &training), false),
-            flash_or(Route::Explicit)
+            AttentionPath::choose(&q(seq, &training), false),
+            flash_or(AttentionPath::Explicit)
         );
     }
     // A single query (a decoding step) goes through Burn's op, or the explicit route under
     // autodiff.
-    assert_eq!(Route::choose(&q(1, &plain), false), Route::Fused);
-    assert_eq!(Route::choose(&q(1, &training), false), Route::Explicit);
+    assert_eq!(
+        AttentionPath::choose(&q(1, &plain), false),
+        AttentionPath::Fused
+    );
+    assert_eq!(
+        AttentionPath::choose(&q(1, &training), false),
+        AttentionPath::Explicit
+    );
     // Asking for the probabilities always materialises them.
     for device in [&plain, &training] {
-        assert_eq!(Route::choose(&q(600, device), true), Route::Explicit);
+        assert_eq!(
+            AttentionPath::choose(&q(600, device), true),
+            AttentionPath::Explicit
+        );
     }
 });
 
@@ -352,8 +361,12 @@ fn flash_route_matches_the_explicit_one_for_padded_cross_attention() {
             MhaInput::cross_attn(query.clone(), source.clone()).key_padding(pad.clone());
         input.return_probs = probs;
         assert_eq!(
-            Route::choose(&Tensor::<4>::zeros([2, 3, 9, 8], &train), probs),
-            if probs { Route::Explicit } else { Route::Flash }
+            AttentionPath::choose(&Tensor::<4>::zeros([2, 3, 9, 8], &train), probs),
+            if probs {
+                AttentionPath::Explicit
+            } else {
+                AttentionPath::Flash
+            }
         );
         let out = mha.forward(input).context;
         let grads = (out.clone() * weights.clone()).sum().backward();

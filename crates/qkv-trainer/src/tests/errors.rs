@@ -123,3 +123,27 @@ fn mismatched_or_broken_checkpoints_are_named() {
     .to_string();
     assert!(err.contains("no complete checkpoint"), "{err}");
 }
+
+#[test]
+fn a_finished_run_is_read_with_its_own_tokenizer_not_one_rebuilt_from_today_s_data() {
+    let dir = temp_dir("saved-tokenizer");
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "abcdefgh ".repeat(20)).unwrap();
+    let config = text_config(&corpus);
+    let saved = crate::BatchSource::open(&config, &dir, None)
+        .unwrap()
+        .tokenizer();
+    // The file loses its 'a's after training: a tokenizer rebuilt from it would shift every
+    // id by one; the run's own keeps them.
+    std::fs::write(&corpus, "bcdefgh ".repeat(20)).unwrap();
+    let rebuilt = crate::BatchSource::open(&config, &dir, None)
+        .unwrap()
+        .tokenizer();
+    assert_ne!(rebuilt.encode("b").unwrap(), saved.encode("b").unwrap());
+    let reopened = crate::BatchSource::open(&config, &dir, Some(saved.clone())).unwrap();
+    let crate::BatchSource::Text(text) = reopened else {
+        panic!("a text source")
+    };
+    assert_eq!(text.tokenizer.to_json().unwrap(), saved.to_json().unwrap());
+    assert_eq!(text.train[0], saved.encode("b").unwrap()[0]);
+}

@@ -164,10 +164,10 @@ impl Seq2SeqConfig {
                 .with_rotary_base(rotary_base)
                 .with_initializer(normal.clone())
                 .try_init(device)?;
-            mha.query = crate::gpt::zero_bias(mha.query);
-            mha.key = crate::gpt::zero_bias(mha.key);
-            mha.value = crate::gpt::zero_bias(mha.value);
-            mha.output = crate::gpt::zero_bias(mha.output);
+            mha.query = crate::init::zero_bias(mha.query);
+            mha.key = crate::init::zero_bias(mha.key);
+            mha.value = crate::init::zero_bias(mha.value);
+            mha.output = crate::init::zero_bias(mha.output);
             mha.output.weight = burn::module::Param::from_tensor(Tensor::random(
                 [self.d_model, self.d_model],
                 burn::tensor::Distribution::Normal(0.0, proj_std),

@@ -220,3 +220,21 @@ test_on_cpu_backends!(recorder_does_not_change_the_output, |device: &Device| {
         assert_close(&sums, &vec![1.0; sums.len()], 1e-6, "rows sum to 1");
     }
 });
+
+test_on_cpu_backends!(
+    the_plain_forward_is_the_detailed_one_without_cache_or_recording,
+    |device: &Device| {
+        for positional in [
+            PositionalEncoding::Learned,
+            PositionalEncoding::Rotary { base: 100.0 },
+        ] {
+            let model = model(positional, device);
+            let x = Tensor::<2, Int>::from_data([[5, 9, 2, 30, 7, 1], [3, 3, 8, 0, 2, 4]], device);
+            let plain = qkv_test_support::values(model.forward(x.clone()));
+            let detailed =
+                qkv_test_support::values(model.forward_detailed(x, None, false).unwrap().logits);
+            // The same ops in the same order: equal bit for bit.
+            assert_eq!(plain, detailed);
+        }
+    }
+);
