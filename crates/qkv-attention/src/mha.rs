@@ -149,10 +149,8 @@ impl MultiHeadAttention {
         let [batch, seq_q] = self.check_inputs(&query, source.as_ref())?;
         let cross = source.is_some();
         let kv_input = source.unwrap_or_else(|| query.clone());
-        let q = self.rotate(self.split_heads(project(&self.query, query)), 0);
-        let k = self.split_heads(project(&self.key, kv_input.clone()));
-        let k = if cross { k } else { self.rotate(k, 0) };
-        let v = self.split_heads(project(&self.value, kv_input));
+        let q = self.queries(query, 0);
+        let (k, v) = self.keys_values(kv_input, cross, 0);
         let seq_k = k.dims()[2];
         let scores = q
             .clone()
@@ -254,10 +252,7 @@ impl MultiHeadAttention {
         } else {
             cache.as_ref().map_or(0, |c| c.len())
         };
-        let q = self.rotate(
-            self.split_heads(project(&self.query, query.clone())),
-            offset,
-        );
+        let q = self.queries(query.clone(), offset);
 
         let filled_cross_cache = cross && cache.as_ref().is_some_and(|c| !c.is_empty());
         let (k, v) = match cache {
@@ -267,10 +262,7 @@ impl MultiHeadAttention {
                 cache.values.clone().expect("a non-empty cache has values"),
             ),
             cache => {
-                let kv_input = source.unwrap_or(query);
-                let k = self.split_heads(project(&self.key, kv_input.clone()));
-                let v = self.split_heads(project(&self.value, kv_input));
-                let k = if cross { k } else { self.rotate(k, offset) };
+                let (k, v) = self.keys_values(source.unwrap_or(query), cross, offset);
                 match cache {
                     Some(cache) => {
                         if let Some(cached) = cache.keys()
@@ -388,6 +380,21 @@ impl MultiHeadAttention {
     }
 
     /// `[batch, seq, d_model]` -> `[batch, n_heads, seq, d_head]`
+    /// The queries of `x`, split into heads and (with rotary embeddings) rotated to
+    /// positions `offset..`: `[batch, seq, d_model]` -> `[batch, n_heads, seq, d_head]`.
+    fn queries(&self, x: Tensor<3>, offset: usize) -> Tensor<4> {
+        self.rotate(self.split_heads(project(&self.query, x)), offset)
+    }
+
+    /// The keys and values of `x`, split into heads; self-attention keys (not cross) are
+    /// rotated to positions `offset..` like the queries. Shapes as [`Self::queries`].
+    fn keys_values(&self, x: Tensor<3>, cross: bool, offset: usize) -> (Tensor<4>, Tensor<4>) {
+        let k = self.split_heads(project(&self.key, x.clone()));
+        let v = self.split_heads(project(&self.value, x));
+        let k = if cross { k } else { self.rotate(k, offset) };
+        (k, v)
+    }
+
     fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
         let [batch, seq, _] = x.dims();
         x.reshape([batch, seq, self.n_heads, self.d_head()])

@@ -128,14 +128,14 @@ fn mismatched_or_broken_checkpoints_are_named() {
 fn a_finished_run_is_read_with_its_own_tokenizer_not_one_rebuilt_from_today_s_data() {
     let dir = temp_dir("saved-tokenizer");
     let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, "abcdefgh ".repeat(20)).unwrap();
+    std::fs::write(&corpus, "abcdefgh ".repeat(60)).unwrap();
     let config = text_config(&corpus);
     let saved = crate::BatchSource::open(&config, &dir, None)
         .unwrap()
         .tokenizer();
     // The file loses its 'a's after training: a tokenizer rebuilt from it would shift every
     // id by one; the run's own keeps them.
-    std::fs::write(&corpus, "bcdefgh ".repeat(20)).unwrap();
+    std::fs::write(&corpus, "bcdefgh ".repeat(60)).unwrap();
     let rebuilt = crate::BatchSource::open(&config, &dir, None)
         .unwrap()
         .tokenizer();
