@@ -208,7 +208,7 @@ fn numeric_flags_are_checked_for_degenerate_values() {
     );
     fails_with(
         &["train", "--task", "translate", "--out", run, "--lr", "NaN"],
-        &["learning rate must be > 0"],
+        &["learning rate must be a positive number", "(--lr)"],
     );
     // A vanishing temperature is greedy decoding in the limit, not token 0 forever.
     let sample = |extra: &[&str]| {

@@ -259,27 +259,14 @@ impl TrainConfig {
         if self.grad_accum == 0 {
             return bad("grad_accum must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!(
-                "the learning rate must be positive, got {}",
-                self.lr
-            ));
-        }
-        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!(
-                "min_lr must be in [0, lr = {}], got {}",
-                self.lr, self.min_lr
-            ));
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad(format!(
-                "betas must be in [0, 1), got {} and {}",
-                self.beta1, self.beta2
-            ));
-        }
-        if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
-            return bad("weight_decay and grad_clip must not be negative".into());
-        }
+        check_optimizer(&OptimizerValues {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        })?;
         check_time_limit(self.time_limit_s)?;
         check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;
         check_count("grad_accum (--grad-accum)", self.grad_accum, MAX_BATCH)?;
@@ -322,6 +309,48 @@ pub(crate) fn check_count(name: &str, value: usize, max: usize) -> Result<(), Tr
         return Err(TrainError::Config(format!(
             "{name} is {value}, above the limit of {max}"
         )));
+    }
+    Ok(())
+}
+
+/// The optimisation values every task's config has, for [`check_optimizer`].
+pub(crate) struct OptimizerValues {
+    pub(crate) lr: f64,
+    pub(crate) min_lr: f64,
+    pub(crate) beta1: f64,
+    pub(crate) beta2: f64,
+    pub(crate) weight_decay: f64,
+    pub(crate) grad_clip: f64,
+}
+
+/// Checks learning rates, betas, weight decay and clipping, naming the first bad value and
+/// its flag: the one check behind every task's config.
+pub(crate) fn check_optimizer(v: &OptimizerValues) -> Result<(), TrainError> {
+    let bad = |m: String| Err(TrainError::Config(m));
+    if !(v.lr > 0.0 && v.lr.is_finite()) {
+        return bad(format!(
+            "the learning rate must be a positive number, got {} (--lr)",
+            v.lr
+        ));
+    }
+    if !(v.min_lr >= 0.0 && v.min_lr <= v.lr) {
+        return bad(format!(
+            "min_lr must be in [0, lr = {}], got {} (--min-lr)",
+            v.lr, v.min_lr
+        ));
+    }
+    if !(0.0..1.0).contains(&v.beta1) || !(0.0..1.0).contains(&v.beta2) {
+        return bad(format!(
+            "betas must be in [0, 1), got {} and {}",
+            v.beta1, v.beta2
+        ));
+    }
+    let usable = |x: f64| x >= 0.0 && x.is_finite();
+    if !(usable(v.weight_decay) && usable(v.grad_clip)) {
+        return bad(format!(
+            "weight_decay and grad_clip must be finite and not negative, got {} and {} (--weight-decay, --grad-clip)",
+            v.weight_decay, v.grad_clip
+        ));
     }
     Ok(())
 }

@@ -123,28 +123,17 @@ impl TranslateConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1 (--batch-size)".into());
         }
-        if self.lr <= 0.0 || !self.lr.is_finite() {
-            return bad(format!("learning rate must be > 0, got {} (--lr)", self.lr));
-        }
         if self.max_iters == 0 {
             return bad("max_iters must be at least 1 (--max-iters)".into());
         }
-        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!(
-                "min_lr must be in [0, lr = {}], got {} (--min-lr)",
-                self.lr, self.min_lr
-            ));
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad(format!(
-                "betas must be in [0, 1), got {} and {}",
-                self.beta1, self.beta2
-            ));
-        }
-        let usable = |x: f64| x >= 0.0 && x.is_finite();
-        if !(usable(self.weight_decay) && usable(self.grad_clip)) {
-            return bad("weight_decay and grad_clip must be finite and not negative".into());
-        }
+        crate::config::check_optimizer(&crate::config::OptimizerValues {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        })?;
         crate::config::check_time_limit(self.time_limit_s)?;
         use crate::config::{MAX_BATCH, check_count};
         check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;

@@ -39,7 +39,7 @@ fn bad_settings_are_named() {
     );
     let mut c = tiny_recall(4, 0.0);
     c.lr = 0.0;
-    assert!(start(c, &dir).contains("learning rate must be positive"));
+    assert!(start(c, &dir).contains("learning rate must be a positive number"));
     let mut c = tiny_recall(4, 0.0);
     c.batch_size = 0;
     assert!(start(c, &dir).contains("batch_size must be at least 1"));
