@@ -2,27 +2,12 @@
 //! never a panic, a hang or an allocation abort, and nothing of an existing run lost.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use qkv_test_support::temp_dir;
 
-fn xtask(args: &[&str]) -> Output {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("running xtask");
-    // A validation error comes at once; a hang would be killed by the test harness much
-    // later, so say which command took long.
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{args:?} took {:?}",
-        started.elapsed()
-    );
-    out
-}
+mod common;
+use common::{tiny_recall, xtask};
 
 /// Runs `args`, expects exit code 1 and an error containing every needle.
 fn fails_with(args: &[&str], needles: &[&str]) {
@@ -40,25 +25,7 @@ fn trained_run() -> &'static Path {
     static RUN: OnceLock<std::path::PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let out = temp_dir("bad-input-run").join("run");
-        let o = xtask(&[
-            "train",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-iters",
-            "2",
-            "--eval-interval",
-            "2",
-            "--eval-iters",
-            "1",
-            "--n-layers",
-            "1",
-            "--n-heads",
-            "2",
-            "--d-model",
-            "16",
-            "--batch-size",
-            "4",
-        ]);
+        let o = xtask(&tiny_recall(out.to_str().unwrap(), "2", "2"));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         out
     })

@@ -2,18 +2,12 @@
 //! with no driver give clear errors (no panic, no backtrace), and `bench` runs a workload
 //! and writes its JSON report.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use qkv_test_support::temp_dir;
 
-fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running xtask")
-}
+mod common;
+use common::xtask_env;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -22,13 +16,13 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn an_unknown_backend_is_named_with_the_choices() {
     for command in ["train", "sample", "eval", "attention"] {
-        let out = xtask(&[command, "--backend", "tpu"], &[]);
+        let out = xtask_env(&[command, "--backend", "tpu"], &[]);
         let err = stderr(&out);
         assert!(!out.status.success(), "{command}");
         assert!(err.contains("unknown backend \"tpu\""), "{command}: {err}");
         assert!(err.contains("flex, ndarray, wgpu"), "{command}: {err}");
     }
-    let out = xtask(&["bench", "--backends", "flex,tpu"], &[]);
+    let out = xtask_env(&["bench", "--backends", "flex,tpu"], &[]);
     assert!(
         stderr(&out).contains("unknown backend \"tpu\""),
         "{}",
@@ -40,7 +34,7 @@ fn an_unknown_backend_is_named_with_the_choices() {
 fn wgpu_without_a_driver_says_what_to_install_without_a_backtrace() {
     let dir = temp_dir("xtask-no-driver");
     let out_dir = dir.join("run");
-    let out = xtask(
+    let out = xtask_env(
         &[
             "train",
             "--backend",
@@ -76,7 +70,7 @@ fn wgpu_without_a_driver_says_what_to_install_without_a_backtrace() {
 fn bench_runs_a_workload_and_writes_json() {
     let dir = temp_dir("xtask-bench");
     let json = dir.join("bench.json");
-    let out = xtask(
+    let out = xtask_env(
         &[
             "bench",
             "--backends",
@@ -101,7 +95,7 @@ fn bench_runs_a_workload_and_writes_json() {
     assert!(median > 0.0 && median.is_finite());
     assert!(report["machine"]["logical_cpus"].as_u64().unwrap() >= 1);
 
-    let out = xtask(&["bench", "--only", "no_such_benchmark"], &[]);
+    let out = xtask_env(&["bench", "--only", "no_such_benchmark"], &[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("matches no benchmark"),
@@ -112,13 +106,13 @@ fn bench_runs_a_workload_and_writes_json() {
 
 #[test]
 fn translation_commands_name_their_mistakes() {
-    let out = xtask(&["train", "--task", "poetry"], &[]);
+    let out = xtask_env(&["train", "--task", "poetry"], &[]);
     assert!(
         stderr(&out).contains("invalid value 'poetry'") && stderr(&out).contains("lm, translate"),
         "{}",
         stderr(&out)
     );
-    let out = xtask(
+    let out = xtask_env(
         &["train", "--task", "translate", "--translation", "klingon"],
         &[],
     );
@@ -127,20 +121,20 @@ fn translation_commands_name_their_mistakes() {
         "{}",
         stderr(&out)
     );
-    let out = xtask(&["train", "--task", "translate", "--block-size", "8"], &[]);
+    let out = xtask_env(&["train", "--task", "translate", "--block-size", "8"], &[]);
     assert!(
         stderr(&out).contains("--block-size applies to --task lm only"),
         "{}",
         stderr(&out)
     );
-    let out = xtask(&["train", "--label-smoothing", "0.1"], &[]);
+    let out = xtask_env(&["train", "--label-smoothing", "0.1"], &[]);
     assert!(
         stderr(&out).contains("--task translate only"),
         "{}",
         stderr(&out)
     );
     let dir = temp_dir("xtask-not-translation");
-    let out = xtask(
+    let out = xtask_env(
         &[
             "translate",
             "--checkpoint",

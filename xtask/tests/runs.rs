@@ -3,43 +3,16 @@
 //! reader finds the last complete checkpoint, and translation runs resume.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use qkv_test_support::temp_dir;
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("running xtask")
-}
+mod common;
+use common::{tiny_recall, xtask};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A tiny recall run: one layer, 16 wide, a checkpoint every `eval` steps.
-fn tiny_recall<'a>(out: &'a str, max_iters: &'a str, eval: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--out",
-        out,
-        "--max-iters",
-        max_iters,
-        "--eval-interval",
-        eval,
-        "--eval-iters",
-        "1",
-        "--n-layers",
-        "1",
-        "--n-heads",
-        "2",
-        "--d-model",
-        "16",
-        "--batch-size",
-        "8",
-    ]
 }
 
 fn metric_steps(dir: &Path) -> Vec<usize> {

@@ -7,6 +7,9 @@ use qkv_transformer::{GptConfig, PositionalEncoding};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::optim::AdamWSettings;
+use crate::schedule::WarmupCosine;
+use crate::task::Recipe;
 
 /// What the model learns from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +253,31 @@ impl TrainConfig {
         serde_json::from_str(json).map_err(|e| TrainError::Config(format!("config JSON: {e}")))
     }
 
+    /// The loop's settings (AdamW's ε is PyTorch's default, 1e-8).
+    pub fn recipe(&self) -> Recipe {
+        let c = self;
+        Recipe {
+            max_iters: c.max_iters,
+            grad_accum: c.grad_accum,
+            schedule: WarmupCosine {
+                lr: c.lr,
+                min_lr: c.min_lr,
+                warmup_iters: c.warmup_iters,
+                decay_iters: c.lr_decay_iters,
+            },
+            adamw: AdamWSettings {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: 1e-8,
+                weight_decay: c.weight_decay,
+            },
+            grad_clip: c.grad_clip,
+            eval_interval: c.eval_interval,
+            seed: c.seed,
+            time_limit_s: c.time_limit_s,
+        }
+    }
+
     /// Checks every value, naming the first that is wrong.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
@@ -259,15 +287,7 @@ impl TrainConfig {
         if self.grad_accum == 0 {
             return bad("grad_accum must be at least 1".into());
         }
-        check_optimizer(&OptimizerValues {
-            lr: self.lr,
-            min_lr: self.min_lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            weight_decay: self.weight_decay,
-            grad_clip: self.grad_clip,
-        })?;
-        check_time_limit(self.time_limit_s)?;
+        self.recipe().validate()?;
         check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;
         check_count("grad_accum (--grad-accum)", self.grad_accum, MAX_BATCH)?;
         check_count("eval_iters (--eval-iters)", self.eval_iters, MAX_BATCH)?;
@@ -290,16 +310,6 @@ impl TrainConfig {
     }
 }
 
-/// A time limit must be a positive number of seconds.
-pub(crate) fn check_time_limit(limit: Option<f64>) -> Result<(), TrainError> {
-    match limit {
-        Some(s) if !(s.is_finite() && s > 0.0) => Err(TrainError::Config(format!(
-            "the time limit must be a positive number of seconds, got {s} (--time-limit)"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// Most sequences in a batch, micro-batches in an update, or batches in an evaluation.
 pub const MAX_BATCH: usize = 1 << 20;
 
@@ -309,48 +319,6 @@ pub(crate) fn check_count(name: &str, value: usize, max: usize) -> Result<(), Tr
         return Err(TrainError::Config(format!(
             "{name} is {value}, above the limit of {max}"
         )));
-    }
-    Ok(())
-}
-
-/// The optimisation values every task's config has, for [`check_optimizer`].
-pub(crate) struct OptimizerValues {
-    pub(crate) lr: f64,
-    pub(crate) min_lr: f64,
-    pub(crate) beta1: f64,
-    pub(crate) beta2: f64,
-    pub(crate) weight_decay: f64,
-    pub(crate) grad_clip: f64,
-}
-
-/// Checks learning rates, betas, weight decay and clipping, naming the first bad value and
-/// its flag: the one check behind every task's config.
-pub(crate) fn check_optimizer(v: &OptimizerValues) -> Result<(), TrainError> {
-    let bad = |m: String| Err(TrainError::Config(m));
-    if !(v.lr > 0.0 && v.lr.is_finite()) {
-        return bad(format!(
-            "the learning rate must be a positive number, got {} (--lr)",
-            v.lr
-        ));
-    }
-    if !(v.min_lr >= 0.0 && v.min_lr <= v.lr) {
-        return bad(format!(
-            "min_lr must be in [0, lr = {}], got {} (--min-lr)",
-            v.lr, v.min_lr
-        ));
-    }
-    if !(0.0..1.0).contains(&v.beta1) || !(0.0..1.0).contains(&v.beta2) {
-        return bad(format!(
-            "betas must be in [0, 1), got {} and {}",
-            v.beta1, v.beta2
-        ));
-    }
-    let usable = |x: f64| x >= 0.0 && x.is_finite();
-    if !(usable(v.weight_decay) && usable(v.grad_clip)) {
-        return bad(format!(
-            "weight_decay and grad_clip must be finite and not negative, got {} and {} (--weight-decay, --grad-clip)",
-            v.weight_decay, v.grad_clip
-        ));
     }
     Ok(())
 }

@@ -12,8 +12,6 @@ use crate::checkpoint::RunState;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::HeadRecord;
-use crate::optim::AdamWSettings;
-use crate::schedule::WarmupCosine;
 use crate::source::BatchSource;
 use crate::task::{Evaluation, Recipe, Task};
 
@@ -139,27 +137,7 @@ impl Task for LanguageModel {
     const KIND: &'static str = "lm";
 
     fn recipe(&self) -> Recipe {
-        let c = &self.config;
-        Recipe {
-            max_iters: c.max_iters,
-            grad_accum: c.grad_accum,
-            schedule: WarmupCosine {
-                lr: c.lr,
-                min_lr: c.min_lr,
-                warmup_iters: c.warmup_iters,
-                decay_iters: c.lr_decay_iters,
-            },
-            adamw: AdamWSettings {
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: 1e-8,
-                weight_decay: c.weight_decay,
-            },
-            grad_clip: c.grad_clip,
-            eval_interval: c.eval_interval,
-            seed: c.seed,
-            time_limit_s: c.time_limit_s,
-        }
+        self.config.recipe()
     }
 
     fn config_json(&self) -> serde_json::Value {

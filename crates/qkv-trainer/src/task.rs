@@ -41,6 +41,49 @@ pub struct Recipe {
     pub time_limit_s: Option<f64>,
 }
 
+impl Recipe {
+    /// Checks learning rates, betas, weight decay, clipping and the time limit, naming the
+    /// first bad value and its flag: the one check behind every task's config.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        let (lr, min_lr) = (self.schedule.lr, self.schedule.min_lr);
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad(format!(
+                "the learning rate must be a positive number, got {lr} (--lr)"
+            ));
+        }
+        if !(min_lr >= 0.0 && min_lr <= lr) {
+            return bad(format!(
+                "min_lr must be in [0, lr = {lr}], got {min_lr} (--min-lr)"
+            ));
+        }
+        let AdamWSettings {
+            beta1,
+            beta2,
+            weight_decay,
+            ..
+        } = self.adamw;
+        if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+            return bad(format!("betas must be in [0, 1), got {beta1} and {beta2}"));
+        }
+        let usable = |x: f64| x >= 0.0 && x.is_finite();
+        if !(usable(weight_decay) && usable(self.grad_clip)) {
+            return bad(format!(
+                "weight_decay and grad_clip must be finite and not negative, got {weight_decay} and {} (--weight-decay, --grad-clip)",
+                self.grad_clip
+            ));
+        }
+        if let Some(s) = self.time_limit_s
+            && !(s.is_finite() && s > 0.0)
+        {
+            return bad(format!(
+                "the time limit must be a positive number of seconds, got {s} (--time-limit)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What an evaluation measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {

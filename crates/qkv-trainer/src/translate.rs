@@ -126,15 +126,7 @@ impl TranslateConfig {
         if self.max_iters == 0 {
             return bad("max_iters must be at least 1 (--max-iters)".into());
         }
-        crate::config::check_optimizer(&crate::config::OptimizerValues {
-            lr: self.lr,
-            min_lr: self.min_lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            weight_decay: self.weight_decay,
-            grad_clip: self.grad_clip,
-        })?;
-        crate::config::check_time_limit(self.time_limit_s)?;
+        self.recipe().validate()?;
         use crate::config::{MAX_BATCH, check_count};
         check_count("batch_size (--batch-size)", self.batch_size, MAX_BATCH)?;
         check_count(
@@ -171,6 +163,32 @@ impl TranslateConfig {
         .with_d_model(self.d_model)
         .with_dropout(self.dropout)
         .with_pad_id(PAD as usize))
+    }
+
+    /// The loop's settings: Adam's β₂ 0.98 and ε 1e-9 as in "Attention Is All You Need",
+    /// the cosine ending at `max_iters`, one micro-batch per update.
+    pub fn recipe(&self) -> Recipe {
+        let c = self;
+        Recipe {
+            max_iters: c.max_iters,
+            grad_accum: 1,
+            schedule: WarmupCosine {
+                lr: c.lr,
+                min_lr: c.min_lr,
+                warmup_iters: c.warmup_iters,
+                decay_iters: c.max_iters,
+            },
+            adamw: AdamWSettings {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: 1e-9,
+                weight_decay: c.weight_decay,
+            },
+            grad_clip: c.grad_clip,
+            eval_interval: c.eval_interval,
+            seed: c.seed,
+            time_limit_s: c.time_limit_s,
+        }
     }
 }
 
@@ -384,27 +402,7 @@ impl Task for TranslationRun {
     const KIND: &'static str = "translate";
 
     fn recipe(&self) -> Recipe {
-        let c = &self.config;
-        Recipe {
-            max_iters: c.max_iters,
-            grad_accum: 1,
-            schedule: WarmupCosine {
-                lr: c.lr,
-                min_lr: c.min_lr,
-                warmup_iters: c.warmup_iters,
-                decay_iters: c.max_iters,
-            },
-            adamw: AdamWSettings {
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: 1e-9,
-                weight_decay: c.weight_decay,
-            },
-            grad_clip: c.grad_clip,
-            eval_interval: c.eval_interval,
-            seed: c.seed,
-            time_limit_s: c.time_limit_s,
-        }
+        self.config.recipe()
     }
 
     fn config_json(&self) -> serde_json::Value {
