@@ -92,15 +92,8 @@ impl RecallTask {
     /// The shares of (training, held-out) examples, estimated from a fixed sample of
     /// [`SPLIT_SAMPLE`] draws (deterministic: the same answer every time).
     pub fn split_shares(&self) -> (f64, f64) {
-        let mut state = 0x5b1f_u64;
-        let mut below = |n: usize| {
-            // SplitMix64, inline: this crate has no generator of its own.
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % n as u64) as usize
-        };
+        let mut rng = qkv_rng::SplitMix64::new(0x5b1f);
+        let mut below = |n: usize| rng.below(n);
         let val = (0..SPLIT_SAMPLE)
             .filter(|_| self.draw(&mut below).1.is_multiple_of(10))
             .count();

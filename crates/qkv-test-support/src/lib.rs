@@ -43,29 +43,25 @@ pub fn ndarray() -> Device {
     Device::ndarray()
 }
 
-/// A small deterministic generator (SplitMix64) so that test inputs do not depend on a
+/// Test inputs drawn from qkv's one generator ([`qkv_rng::SplitMix64`]), not from a
 /// backend's own random number generator: every backend sees the very same numbers.
 #[derive(Debug, Clone)]
-pub struct SeededRng(u64);
+pub struct SeededRng(qkv_rng::SplitMix64);
 
 impl SeededRng {
     /// A generator started from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(qkv_rng::SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A float uniform in `[-1, 1)`.
     pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.uniform_f32(-1.0, 1.0)
     }
 
     /// `n` floats uniform in `[-scale, scale)`.
@@ -75,7 +71,7 @@ impl SeededRng {
 
     /// An integer uniform in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.below(n)
     }
 }
 

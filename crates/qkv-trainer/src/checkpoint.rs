@@ -17,9 +17,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
-use qkv_transformer::weights::{HostTensors, read_safetensors, serialize_host, sync_dir};
+use qkv_transformer::weights::{
+    HostTensors, NamedVisitor, current_name, read_safetensors, serialize_host, sync_dir,
+    visit_named,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -259,7 +262,7 @@ impl Checkpoint {
                 }
                 continue;
             };
-            let expected = shapes.get(param).copied();
+            let expected = shapes.get(current_name(param).as_ref()).copied();
             let (vshape, v) = self.optimizer.get(&format!("v.{param}")).ok_or_else(|| {
                 TrainError::Checkpoint {
                     path: path.clone(),
@@ -278,7 +281,7 @@ impl Checkpoint {
                 Tensor::<1>::from_data(TensorData::new(values.clone(), [shape[0]]), device)
             };
             optimizer.state.insert(
-                param.to_string(),
+                current_name(param).into_owned(),
                 Moments {
                     m: tensor(m),
                     v: tensor(v),
@@ -289,28 +292,17 @@ impl Checkpoint {
     }
 }
 
-/// The optimizer's names for a model's parameters (Burn module paths) and their sizes.
+/// The optimizer's names for a model's parameters (their module paths, see
+/// `qkv_transformer::weights`) and their sizes.
 pub fn optimizer_names<M: Module>(model: &M) -> BTreeMap<String, usize> {
-    struct Names {
-        path: Vec<String>,
-        out: BTreeMap<String, usize>,
-    }
-    impl ModuleVisitor for Names {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out
-                .insert(self.path.join("."), param.val().shape().num_elements());
+    struct Names(BTreeMap<String, usize>);
+    impl NamedVisitor for Names {
+        fn visit<const D: usize>(&mut self, name: &str, param: &Param<Tensor<D>>) {
+            self.0
+                .insert(name.to_string(), param.val().shape().num_elements());
         }
     }
-    let mut names = Names {
-        path: Vec::new(),
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut names);
-    names.out
+    let mut names = Names(BTreeMap::new());
+    visit_named(model, &mut names);
+    names.0
 }

@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
 use qkv_tensor_ops::fused::{AdamWStep, adamw_update};
+use qkv_transformer::weights::{NamedMapper, NamedVisitor, map_named, visit_named};
 
 /// AdamW's hyper-parameters (PyTorch's names and meaning).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,31 +35,23 @@ impl NamedGrads {
     /// Reads every parameter's gradient out of `grads`.
     pub fn collect<M: Module>(model: &M, grads: &Gradients) -> Self {
         struct Collect<'a> {
-            path: Vec<String>,
             grads: &'a Gradients,
             out: BTreeMap<String, Tensor<1>>,
         }
-        impl ModuleVisitor for Collect<'_> {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        impl NamedVisitor for Collect<'_> {
+            fn visit<const D: usize>(&mut self, name: &str, param: &Param<Tensor<D>>) {
                 if let Some(g) = param.val().grad(self.grads) {
                     let n = g.shape().num_elements();
-                    self.out.insert(self.path.join("."), g.reshape([n]));
+                    self.out.insert(name.to_string(), g.reshape([n]));
                 }
             }
         }
-        let mut visitor = Collect {
-            path: Vec::new(),
+        let mut collect = Collect {
             grads,
             out: BTreeMap::new(),
         };
-        model.visit(&mut visitor);
-        Self(visitor.out)
+        visit_named(model, &mut collect);
+        Self(collect.out)
     }
 
     /// Adds `other` into `self` (gradient accumulation).
@@ -130,7 +123,6 @@ impl AdamW {
         let bias1 = 1.0 - s.beta1.powi(self.t as i32);
         let bias2_sqrt = (1.0 - s.beta2.powi(self.t as i32)).sqrt();
         struct Update<'a> {
-            path: Vec<String>,
             grads: &'a NamedGrads,
             state: &'a mut BTreeMap<String, Moments>,
             settings: AdamWSettings,
@@ -139,20 +131,17 @@ impl AdamW {
             bias1: f64,
             bias2_sqrt: f64,
         }
-        impl ModuleMapper for Update<'_> {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let name = self.path.join(".");
-                let Some(grad) = self.grads.0.get(&name) else {
+        impl NamedMapper for Update<'_> {
+            fn map<const D: usize>(
+                &mut self,
+                name: &str,
+                param: Param<Tensor<D>>,
+            ) -> Param<Tensor<D>> {
+                let Some(grad) = self.grads.0.get(name) else {
                     return param;
                 };
                 let s = self.settings;
-                let (m, v) = match self.state.remove(&name) {
+                let (m, v) = match self.state.remove(name) {
                     Some(Moments { m, v }) => (m, v),
                     None => (grad.zeros_like(), grad.zeros_like()),
                 };
@@ -172,7 +161,7 @@ impl AdamW {
                 let on_autodiff = p.is_autodiff();
                 let n = shape.num_elements();
                 let (x, m, v) = adamw_update(p.inner().reshape([n]), grad.clone(), m, v, step);
-                self.state.insert(name, Moments { m, v });
+                self.state.insert(name.to_string(), Moments { m, v });
                 let x = x.reshape(shape);
                 let x = match (on_autodiff, tracked) {
                     (false, _) => x,
@@ -182,8 +171,7 @@ impl AdamW {
                 param.map(|_| x)
             }
         }
-        let mut mapper = Update {
-            path: Vec::new(),
+        let mut update = Update {
             grads,
             state: &mut self.state,
             settings: s,
@@ -192,7 +180,7 @@ impl AdamW {
             bias1,
             bias2_sqrt,
         };
-        model.map(&mut mapper)
+        map_named(model, &mut update)
     }
 }
 

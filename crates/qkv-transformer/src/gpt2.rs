@@ -110,7 +110,41 @@ pub fn load_hf_gpt2(dir: &Path, device: &Device) -> Result<(Gpt, GptConfig), Mod
     Ok((model, config))
 }
 
-/// Maps Hugging Face GPT-2 names to ours, splitting `c_attn` into query, key and value.
+/// Hugging Face's names for the parameters of one block (`h.{i}.…`) and ours
+/// (`blocks.{i}.…`), apart from `attn.c_attn`, which is split into query, key and value.
+const HF_BLOCK_NAMES: &[(&str, &str)] = &[
+    ("ln_1.weight", "ln_1.weight"),
+    ("ln_1.bias", "ln_1.bias"),
+    ("attn.c_proj.weight", "attn.output.weight"),
+    ("attn.c_proj.bias", "attn.output.bias"),
+    ("ln_2.weight", "ln_2.weight"),
+    ("ln_2.bias", "ln_2.bias"),
+    ("mlp.c_fc.weight", "mlp.fc.weight"),
+    ("mlp.c_fc.bias", "mlp.fc.bias"),
+    ("mlp.c_proj.weight", "mlp.proj.weight"),
+    ("mlp.c_proj.bias", "mlp.proj.bias"),
+];
+
+/// Hugging Face's names for the parameters outside the blocks and ours, apart from an
+/// untied `lm_head.weight`, which is transposed.
+const HF_TOP_NAMES: &[(&str, &str)] = &[
+    ("wte.weight", "token_embedding.weight"),
+    ("wpe.weight", "position_embedding.weight"),
+    ("ln_f.weight", "ln_f.weight"),
+    ("ln_f.bias", "ln_f.bias"),
+];
+
+/// Our name for a Hugging Face name, by `table`; a name not in it is kept, so that loading
+/// reports it as unexpected.
+fn renamed<'a>(table: &[(&str, &'a str)], hf: &'a str) -> &'a str {
+    table
+        .iter()
+        .find(|(from, _)| *from == hf)
+        .map_or(hf, |(_, to)| to)
+}
+
+/// Maps Hugging Face GPT-2 names to ours (the tables above), splitting `c_attn` into query,
+/// key and value.
 fn rename_hf_gpt2(
     hf: HostTensors,
     config: &GptConfig,
@@ -167,18 +201,10 @@ fn rename_hf_gpt2(
                     }
                     continue;
                 }
-                "attn.c_proj.weight" => format!("{prefix}.attn.output.weight"),
-                "attn.c_proj.bias" => format!("{prefix}.attn.output.bias"),
-                "mlp.c_fc.weight" => format!("{prefix}.mlp.fc.weight"),
-                "mlp.c_fc.bias" => format!("{prefix}.mlp.fc.bias"),
-                "mlp.c_proj.weight" => format!("{prefix}.mlp.proj.weight"),
-                "mlp.c_proj.bias" => format!("{prefix}.mlp.proj.bias"),
-                other => format!("{prefix}.{other}"), // ln_1.*, ln_2.*
+                other => format!("{prefix}.{}", renamed(HF_BLOCK_NAMES, other)),
             }
         } else {
             match name.as_str() {
-                "wte.weight" => "token_embedding.weight".to_string(),
-                "wpe.weight" => "position_embedding.weight".to_string(),
                 "lm_head.weight" => {
                     // An untied head is nn.Linear, [vocab, d_model]; ours is [d_model, vocab].
                     let [rows, cols] = [shape[0], shape.get(1).copied().unwrap_or(1)];
@@ -191,7 +217,7 @@ fn rename_hf_gpt2(
                     out.insert("lm_head.weight".into(), (vec![cols, rows], t));
                     continue;
                 }
-                other => other.to_string(), // ln_f.*
+                other => renamed(HF_TOP_NAMES, other).to_string(),
             }
         };
         out.insert(renamed, (shape, values));

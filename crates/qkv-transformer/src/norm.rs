@@ -3,16 +3,16 @@
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
 
-/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + ε) · γ + β`, with the same
-/// parameters (and parameter names) as `burn::nn::LayerNorm`, so records and weight files
-/// read the same. Its forward pass is `qkv_tensor_ops::fused::layer_norm`: one kernel forward
+/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + ε) · γ + β`. The parameters
+/// are named `weight` (γ) and `bias` (β), as in PyTorch and Hugging Face, so that their
+/// module paths are the names in weight files (see `crate::weights`). Its forward pass is `qkv_tensor_ops::fused::layer_norm`: one kernel forward
 /// and one backward on Flex, the explicit tensor ops on every other backend.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
     /// The learned scale γ, `[d_model]`, initialised to 1.
-    pub gamma: Param<Tensor<1>>,
+    pub weight: Param<Tensor<1>>,
     /// The learned shift β, `[d_model]`, initialised to 0; `None` without biases.
-    pub beta: Option<Param<Tensor<1>>>,
+    pub bias: Option<Param<Tensor<1>>>,
     /// Added to the variance before the square root.
     pub epsilon: f64,
 }
@@ -21,8 +21,8 @@ impl LayerNorm {
     /// A LayerNorm over `d_model` features: γ = 1, β = 0 (when `bias`).
     pub fn new(d_model: usize, epsilon: f64, bias: bool, device: &Device) -> Self {
         Self {
-            gamma: Initializer::Ones.init([d_model], device),
-            beta: bias.then(|| Initializer::Zeros.init([d_model], device)),
+            weight: Initializer::Ones.init([d_model], device),
+            bias: bias.then(|| Initializer::Zeros.init([d_model], device)),
             epsilon,
         }
     }
@@ -32,8 +32,8 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         qkv_tensor_ops::fused::layer_norm(
             x,
-            self.gamma.val(),
-            self.beta.as_ref().map(Param::val),
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
             self.epsilon,
         )
     }

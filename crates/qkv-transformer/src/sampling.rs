@@ -1,5 +1,7 @@
 //! Choosing the next token from logits: greedy, temperature, top-k and top-p, seeded.
 
+pub use qkv_rng::SplitMix64;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sampling {
@@ -45,40 +47,6 @@ impl Sampling {
             }
         }
         Ok(())
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64); its whole state is one `u64`, so it can
-/// be saved in a checkpoint and resumed exactly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitMix64 {
-    /// The state.
-    pub state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A float uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// An integer uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_f64() * n as f64) as usize % n.max(1)
     }
 }
 

@@ -1,4 +1,16 @@
-//! Saving and loading a [`Gpt`] as safetensors, under stable, documented tensor names.
+//! Weight names and weight files: one naming scheme for every model, its optimizer state
+//! and its gradients.
+//!
+//! A parameter's name is its module path: the field names from the model down to the
+//! parameter, joined by dots, with list positions as numbers (`blocks.3.attn.query.weight`,
+//! `encoder.0.self_attn.key.bias`). [`visit_named`] and [`map_named`] walk a module with
+//! these names, and everything that names a parameter goes through them: weight files
+//! ([`module_tensors`], [`load_module_tensors`]), the optimizer's moments and gradients
+//! (`qkv-trainer`), checkpoints. The one table of other names is the Hugging Face GPT-2
+//! import (`crate::gpt2`); names written by older versions of qkv are read through
+//! [`current_name`].
+//!
+//! For a [`Gpt`] the names are:
 //!
 //! | name | shape |
 //! | --- | --- |
@@ -20,135 +32,30 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::Param;
-use burn::nn::Linear;
+use std::borrow::Cow;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::WeightsError;
 use crate::gpt::Gpt;
-use crate::norm::LayerNorm;
 
 /// Tensors on the host by name: `name -> (shape, values)`.
 pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// A mutable handle on one parameter of the model, of rank 1 or 2.
-pub(crate) enum Slot<'a> {
-    One(&'a mut Param<Tensor<1>>),
-    Two(&'a mut Param<Tensor<2>>),
-}
-
-impl Slot<'_> {
-    fn shape(&self) -> Vec<usize> {
-        match self {
-            Slot::One(p) => p.val().dims().to_vec(),
-            Slot::Two(p) => p.val().dims().to_vec(),
-        }
-    }
-
-    fn values(&self) -> Vec<f32> {
-        let data = match self {
-            Slot::One(p) => p.val().into_data(),
-            Slot::Two(p) => p.val().into_data(),
-        };
-        data.try_into_vec_as::<f32>().expect("float parameters")
-    }
-
-    /// Replaces the value, keeping the parameter's id, device and gradient tracking.
-    fn set(&mut self, values: Vec<f32>) {
-        fn replace<const D: usize>(p: &mut Param<Tensor<D>>, values: Vec<f32>) {
-            let updated = p.clone().map(|old| {
-                let shape = old.shape();
-                let fresh = Tensor::<D>::from_data(TensorData::new(values, shape), &old.device());
-                if old.is_require_grad() {
-                    fresh.require_grad()
-                } else {
-                    fresh
-                }
-            });
-            *p = updated;
-        }
-        match self {
-            Slot::One(p) => replace(p, values),
-            Slot::Two(p) => replace(p, values),
-        }
-    }
-}
-
-fn linear_slots<'a>(prefix: &str, linear: &'a mut Linear, out: &mut Vec<(String, Slot<'a>)>) {
-    out.push((format!("{prefix}.weight"), Slot::Two(&mut linear.weight)));
-    if let Some(bias) = &mut linear.bias {
-        out.push((format!("{prefix}.bias"), Slot::One(bias)));
-    }
-}
-
-fn norm_slots<'a>(prefix: &str, norm: &'a mut LayerNorm, out: &mut Vec<(String, Slot<'a>)>) {
-    out.push((format!("{prefix}.weight"), Slot::One(&mut norm.gamma)));
-    if let Some(beta) = &mut norm.beta {
-        out.push((format!("{prefix}.bias"), Slot::One(beta)));
-    }
-}
-
 impl Gpt {
-    /// Every parameter under its stable name (see the module docs), in a fixed order.
-    pub(crate) fn slots(&mut self) -> Vec<(String, Slot<'_>)> {
-        let mut out = Vec::new();
-        out.push((
-            "token_embedding.weight".to_string(),
-            Slot::Two(&mut self.token_embedding.weight),
-        ));
-        if let Some(wpe) = &mut self.position_embedding {
-            out.push((
-                "position_embedding.weight".to_string(),
-                Slot::Two(&mut wpe.weight),
-            ));
-        }
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            norm_slots(&format!("blocks.{i}.ln_1"), &mut block.ln_1, &mut out);
-            linear_slots(
-                &format!("blocks.{i}.attn.query"),
-                &mut block.attn.query,
-                &mut out,
-            );
-            linear_slots(
-                &format!("blocks.{i}.attn.key"),
-                &mut block.attn.key,
-                &mut out,
-            );
-            linear_slots(
-                &format!("blocks.{i}.attn.value"),
-                &mut block.attn.value,
-                &mut out,
-            );
-            linear_slots(
-                &format!("blocks.{i}.attn.output"),
-                &mut block.attn.output,
-                &mut out,
-            );
-            norm_slots(&format!("blocks.{i}.ln_2"), &mut block.ln_2, &mut out);
-            linear_slots(&format!("blocks.{i}.mlp.fc"), &mut block.mlp.fc, &mut out);
-            linear_slots(
-                &format!("blocks.{i}.mlp.proj"),
-                &mut block.mlp.proj,
-                &mut out,
-            );
-        }
-        norm_slots("ln_f", &mut self.ln_f, &mut out);
-        if let Some(head) = &mut self.lm_head {
-            linear_slots("lm_head", head, &mut out);
-        }
-        out
-    }
-
-    /// The names and shapes of every parameter, in the order [`save_safetensors`] writes them.
-    ///
-    /// [`save_safetensors`]: Self::save_safetensors
+    /// The names and shapes of every parameter, in module order.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let mut copy = self.clone();
-        copy.slots()
-            .into_iter()
-            .map(|(name, slot)| (name, slot.shape()))
-            .collect()
+        struct Shapes(Vec<(String, Vec<usize>)>);
+        impl NamedVisitor for Shapes {
+            fn visit<const D: usize>(&mut self, name: &str, param: &Param<Tensor<D>>) {
+                self.0.push((name.to_string(), param.val().dims().to_vec()));
+            }
+        }
+        let mut shapes = Shapes(Vec::new());
+        visit_named(self, &mut shapes);
+        shapes.0
     }
 
     /// The number of scalar parameters (tied weights counted once).
@@ -159,23 +66,17 @@ impl Gpt {
             .sum()
     }
 
-    /// Every parameter as `(name, shape, values)` on the host.
+    /// Every parameter as `(name, shape, values)` on the host, sorted by name.
     pub fn named_parameters(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        let mut copy = self.clone();
-        copy.slots()
+        module_tensors(self)
             .into_iter()
-            .map(|(name, slot)| (name, slot.shape(), slot.values()))
+            .map(|(name, (shape, values))| (name, shape, values))
             .collect()
     }
 
     /// The model's weights as safetensors bytes.
     pub fn to_safetensors_bytes(&self) -> Vec<u8> {
-        let tensors: HostTensors = self
-            .named_parameters()
-            .into_iter()
-            .map(|(name, shape, values)| (name, (shape, values)))
-            .collect();
-        serialize_host(&tensors, None)
+        serialize_host(&module_tensors(self), None)
     }
 
     /// Writes the weights to `path` atomically: to a temporary file beside it, flushed, then
@@ -195,38 +96,8 @@ impl Gpt {
 
     /// Loads named host tensors into the model, with the checks of
     /// [`load_safetensors`](Self::load_safetensors).
-    pub fn load_named(
-        mut self,
-        mut tensors: HostTensors,
-        path: &Path,
-    ) -> Result<Self, WeightsError> {
-        let shown = path.display().to_string();
-        for (name, mut slot) in self.slots() {
-            let expected = slot.shape();
-            let Some((found, values)) = tensors.remove(&name) else {
-                return Err(WeightsError::Missing {
-                    name,
-                    expected,
-                    path: shown,
-                });
-            };
-            if found != expected {
-                return Err(WeightsError::ShapeMismatch {
-                    name,
-                    found,
-                    expected,
-                    path: shown,
-                });
-            }
-            slot.set(values);
-        }
-        if !tensors.is_empty() {
-            return Err(WeightsError::Unexpected {
-                names: tensors.into_keys().collect(),
-                path: shown,
-            });
-        }
-        Ok(self)
+    pub fn load_named(self, tensors: HostTensors, path: &Path) -> Result<Self, WeightsError> {
+        load_module_tensors(self, tensors, path)
     }
 }
 
@@ -330,66 +201,135 @@ fn io_error(path: &Path, source: std::io::Error) -> WeightsError {
     }
 }
 
-/// Every float parameter of any module, named by its field path (`encoder.0.self_attn.query.weight`),
-/// copied to the host. Tied or shared parameters appear once per path.
-pub fn module_tensors<M: Module>(module: &M) -> HostTensors {
-    struct Collect {
-        path: Vec<String>,
-        out: HostTensors,
+/// Reads every float parameter of a module with its name (see the module docs).
+pub trait NamedVisitor {
+    /// Called once per parameter, in module order.
+    fn visit<const D: usize>(&mut self, name: &str, param: &Param<Tensor<D>>);
+}
+
+/// Replaces every float parameter of a module, given its name (see the module docs).
+pub trait NamedMapper {
+    /// Called once per parameter, in module order; returns the parameter to keep.
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
+}
+
+/// The one place that turns Burn's module walk into parameter names.
+struct Named<T> {
+    path: Vec<String>,
+    inner: T,
+}
+
+impl<T> Named<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            path: Vec::new(),
+            inner,
+        }
     }
-    impl burn::module::ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+
+    fn enter(&mut self, name: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit(&mut self) {
+        self.path.pop();
+    }
+
+    fn name(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+impl<V: NamedVisitor> ModuleVisitor for Named<&mut V> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let name = self.name();
+        self.inner.visit(&name, param);
+    }
+}
+
+impl<F: NamedMapper> ModuleMapper for Named<&mut F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.name();
+        self.inner.map(&name, param)
+    }
+}
+
+/// Walks `module`, handing each float parameter and its name to `visitor`.
+pub fn visit_named<M: Module, V: NamedVisitor>(module: &M, visitor: &mut V) {
+    module.visit(&mut Named::new(visitor));
+}
+
+/// Rebuilds `module`, each float parameter replaced by what `mapper` returns for it.
+pub fn map_named<M: Module, F: NamedMapper>(module: M, mapper: &mut F) -> M {
+    module.map(&mut Named::new(mapper))
+}
+
+/// A parameter name as this version writes it, given one that an older version may have
+/// written: LayerNorm's scale and shift were saved as `….gamma` and `….beta` before they
+/// took PyTorch's names `….weight` and `….bias`. Every reader of saved names goes through it.
+pub fn current_name(name: &str) -> Cow<'_, str> {
+    if let Some(norm) = name.strip_suffix(".gamma") {
+        Cow::Owned(format!("{norm}.weight"))
+    } else if let Some(norm) = name.strip_suffix(".beta") {
+        Cow::Owned(format!("{norm}.bias"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Every float parameter of any module under its name (see the module docs), copied to the
+/// host. Tied or shared parameters appear once per path.
+pub fn module_tensors<M: Module>(module: &M) -> HostTensors {
+    struct Collect(HostTensors);
+    impl NamedVisitor for Collect {
+        fn visit<const D: usize>(&mut self, name: &str, param: &Param<Tensor<D>>) {
             let t = param.val();
             let shape = t.dims().to_vec();
             let values = t
                 .into_data()
                 .try_into_vec_as::<f32>()
                 .expect("float parameter");
-            self.out.insert(self.path.join("."), (shape, values));
+            self.0.insert(name.to_string(), (shape, values));
         }
     }
-    let mut visitor = Collect {
-        path: Vec::new(),
-        out: BTreeMap::new(),
-    };
-    module.visit(&mut visitor);
-    visitor.out
+    let mut collect = Collect(BTreeMap::new());
+    visit_named(module, &mut collect);
+    collect.0
 }
 
-/// Loads host tensors named as [`module_tensors`] names them into `module`: every parameter
-/// must be present with its shape, and no other tensor may be left over. `path` names the
-/// source in errors.
+/// Loads host tensors named as [`module_tensors`] names them (or as older versions did, see
+/// [`current_name`]) into `module`: every parameter must be present with its shape, and no
+/// other tensor may be left over. Each value keeps its parameter's id, device and gradient
+/// tracking. `path` names the source in errors.
 pub fn load_module_tensors<M: Module>(
     module: M,
-    mut tensors: HostTensors,
+    tensors: HostTensors,
     path: &Path,
 ) -> Result<M, WeightsError> {
-    struct Load<'a> {
-        path: Vec<String>,
-        tensors: &'a mut HostTensors,
+    struct Load {
+        tensors: HostTensors,
         shown: String,
         error: Option<WeightsError>,
     }
-    impl burn::module::ModuleMapper for Load<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let name = self.path.join(".");
+    impl NamedMapper for Load {
+        fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let expected = param.val().dims().to_vec();
-            match self.tensors.remove(&name) {
+            match self.tensors.remove(name) {
                 None => {
                     self.error.get_or_insert(WeightsError::Missing {
-                        name,
+                        name: name.to_string(),
                         expected,
                         path: self.shown.clone(),
                     });
@@ -397,7 +337,7 @@ pub fn load_module_tensors<M: Module>(
                 }
                 Some((found, _)) if found != expected => {
                     self.error.get_or_insert(WeightsError::ShapeMismatch {
-                        name,
+                        name: name.to_string(),
                         found,
                         expected,
                         path: self.shown.clone(),
@@ -413,20 +353,22 @@ pub fn load_module_tensors<M: Module>(
             }
         }
     }
-    let mut loader = Load {
-        path: Vec::new(),
-        tensors: &mut tensors,
+    let mut load = Load {
+        tensors: tensors
+            .into_iter()
+            .map(|(name, t)| (current_name(&name).into_owned(), t))
+            .collect(),
         shown: path.display().to_string(),
         error: None,
     };
-    let module = module.map(&mut loader);
-    if let Some(error) = loader.error {
+    let module = map_named(module, &mut load);
+    if let Some(error) = load.error {
         return Err(error);
     }
-    if !tensors.is_empty() {
+    if !load.tensors.is_empty() {
         return Err(WeightsError::Unexpected {
-            names: tensors.into_keys().collect(),
-            path: path.display().to_string(),
+            names: load.tensors.into_keys().collect(),
+            path: load.shown,
         });
     }
     Ok(module)

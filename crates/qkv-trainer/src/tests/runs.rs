@@ -56,6 +56,71 @@ fn resume_continues_exactly() {
     }
 }
 
+/// Renames LayerNorm parameters in a safetensors file to the names versions before the one
+/// naming scheme wrote (`….gamma`, `….beta`), keeping the `m.`/`v.` prefixes of the
+/// optimizer's file.
+fn write_old_names(path: &std::path::Path) -> usize {
+    use qkv_transformer::weights::{read_safetensors, serialize_host};
+    let tensors = read_safetensors(&std::fs::read(path).unwrap(), path).unwrap();
+    let mut renamed = 0;
+    let old = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let norm = name.contains("ln_");
+            let name = match (
+                norm,
+                name.strip_suffix(".weight"),
+                name.strip_suffix(".bias"),
+            ) {
+                (true, Some(n), _) => format!("{n}.gamma"),
+                (true, _, Some(n)) => format!("{n}.beta"),
+                _ => return (name, t),
+            };
+            renamed += 1;
+            (name, t)
+        })
+        .collect();
+    std::fs::write(path, serialize_host(&old, None)).unwrap();
+    renamed
+}
+
+#[test]
+fn a_checkpoint_with_the_older_layer_norm_names_resumes_exactly() {
+    let _rng = super::rng_lock();
+    let config = tiny_recall(8, 0.0);
+    let cache = temp_dir("cache");
+    let stop = AtomicBool::new(false);
+    let mut runs = Vec::new();
+    for old_names in [false, true] {
+        let dir = temp_dir(&format!("old-names-{old_names}"));
+        lm_trainer(config.clone(), &dir, &cache, &device(), Start::Fresh)
+            .unwrap()
+            .run(&stop, Some(4), |_| {})
+            .unwrap();
+        if old_names {
+            let checkpoint = dir.join("checkpoint");
+            // Weights: ln_1, ln_2 per block and ln_f, each weight and bias.
+            let n = write_old_names(&checkpoint.join("model.safetensors"));
+            assert!(n >= 6, "{n} LayerNorm tensors renamed");
+            // Moments: m. and v. of each.
+            assert_eq!(
+                write_old_names(&checkpoint.join("optimizer.safetensors")),
+                2 * n
+            );
+        }
+        lm_trainer(config.clone(), &dir, &cache, &device(), Start::Resume)
+            .unwrap()
+            .run(&stop, None, |_| {})
+            .unwrap();
+        runs.push(losses(&dir));
+    }
+    assert_eq!(runs[0].len(), 8);
+    assert_eq!(
+        runs[0], runs[1],
+        "the renamed checkpoint resumes bit for bit"
+    );
+}
+
 #[test]
 fn tiny_model_overfits_tiny_corpus() {
     let _rng = super::rng_lock();

@@ -73,18 +73,18 @@ test_on_cpu_backends!(every_gradient_matches_pytorch, |device: &Device| {
         grad(model.position_embedding.as_ref().unwrap().weight.val()),
         "wpe.weight",
     );
-    check(grad1(model.ln_f.gamma.val()), "ln_f.weight");
-    check(grad1(model.ln_f.beta.as_ref().unwrap().val()), "ln_f.bias");
+    check(grad1(model.ln_f.weight.val()), "ln_f.weight");
+    check(grad1(model.ln_f.bias.as_ref().unwrap().val()), "ln_f.bias");
     for (i, block) in model.blocks.iter().enumerate() {
         let h = format!("h.{i}");
-        check(grad1(block.ln_1.gamma.val()), &format!("{h}.ln_1.weight"));
+        check(grad1(block.ln_1.weight.val()), &format!("{h}.ln_1.weight"));
         check(
-            grad1(block.ln_1.beta.as_ref().unwrap().val()),
+            grad1(block.ln_1.bias.as_ref().unwrap().val()),
             &format!("{h}.ln_1.bias"),
         );
-        check(grad1(block.ln_2.gamma.val()), &format!("{h}.ln_2.weight"));
+        check(grad1(block.ln_2.weight.val()), &format!("{h}.ln_2.weight"));
         check(
-            grad1(block.ln_2.beta.as_ref().unwrap().val()),
+            grad1(block.ln_2.bias.as_ref().unwrap().val()),
             &format!("{h}.ln_2.bias"),
         );
         // HF fuses q, k, v into c_attn: [d, 3d] columns, [3d] bias.

@@ -43,6 +43,81 @@ test_on_cpu_backends!(save_then_load_is_bit_exact, |device: &Device| {
     }
 });
 
+test_on_cpu_backends!(
+    every_name_is_a_module_path_from_the_documented_table,
+    |device: &Device| {
+        let model = config().with_tie_embeddings(false).init(device);
+        let mut want = vec!["token_embedding.weight".to_string()];
+        want.push("position_embedding.weight".into());
+        for i in 0..2 {
+            for part in [
+                "ln_1",
+                "attn.query",
+                "attn.key",
+                "attn.value",
+                "attn.output",
+                "ln_2",
+                "mlp.fc",
+                "mlp.proj",
+            ] {
+                want.push(format!("blocks.{i}.{part}.weight"));
+                want.push(format!("blocks.{i}.{part}.bias"));
+            }
+        }
+        want.extend([
+            "ln_f.weight".into(),
+            "ln_f.bias".into(),
+            "lm_head.weight".into(),
+        ]);
+        want.sort();
+        let mut names: Vec<String> = model
+            .parameter_shapes()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        assert_eq!(names, want);
+        // The optimizer, the gradients and the files see the same names.
+        let mut saved: Vec<String> = crate::weights::module_tensors(&model).into_keys().collect();
+        saved.sort();
+        assert_eq!(saved, want);
+        let shapes: BTreeMap<String, Vec<usize>> = model.parameter_shapes().into_iter().collect();
+        assert_eq!(shapes["blocks.1.mlp.fc.weight"], vec![12, 48]);
+        assert_eq!(shapes["lm_head.weight"], vec![12, 29]);
+    }
+);
+
+test_on_cpu_backends!(
+    layer_norm_names_of_older_versions_still_load,
+    |device: &Device| {
+        device.seed(3);
+        let model = config().init(device);
+        let old: BTreeMap<String, (Vec<usize>, Vec<f32>)> = crate::weights::module_tensors(&model)
+            .into_iter()
+            .map(|(name, t)| {
+                let is_norm = name.contains("ln_");
+                let name = match (
+                    is_norm,
+                    name.strip_suffix(".weight"),
+                    name.strip_suffix(".bias"),
+                ) {
+                    (true, Some(n), _) => format!("{n}.gamma"),
+                    (true, _, Some(n)) => format!("{n}.beta"),
+                    _ => name,
+                };
+                (name, t)
+            })
+            .collect();
+        assert!(old.contains_key("ln_f.gamma") && old.contains_key("blocks.0.ln_2.beta"));
+        device.seed(4);
+        let loaded = config()
+            .init(device)
+            .load_named(old, std::path::Path::new("old.safetensors"))
+            .unwrap();
+        assert_eq!(model.named_parameters(), loaded.named_parameters());
+    }
+);
+
 /// Writes `tensors` as a safetensors file and tries to load it into a model of `config()`.
 fn load_edited(
     device: &Device,
