@@ -335,7 +335,7 @@ impl MultiHeadAttention {
             }
         };
         Ok(MhaOutput {
-            context: project(&self.output, self.merge_heads(heads)),
+            context: self.output_of(heads),
             probs,
         })
     }
@@ -379,16 +379,22 @@ impl MultiHeadAttention {
         }
     }
 
-    /// `[batch, seq, d_model]` -> `[batch, n_heads, seq, d_head]`
     /// The queries of `x`, split into heads and (with rotary embeddings) rotated to
-    /// positions `offset..`: `[batch, seq, d_model]` -> `[batch, n_heads, seq, d_head]`.
-    fn queries(&self, x: Tensor<3>, offset: usize) -> Tensor<4> {
+    /// positions `offset..`. The first step of [`forward`](Self::forward), public for tools
+    /// that look inside the layer.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, d_model]` -> `[batch, n_heads, seq, d_head]`
+    pub fn queries(&self, x: Tensor<3>, offset: usize) -> Tensor<4> {
         self.rotate(self.split_heads(project(&self.query, x)), offset)
     }
 
-    /// The keys and values of `x`, split into heads; self-attention keys (not cross) are
-    /// rotated to positions `offset..` like the queries. Shapes as [`Self::queries`].
-    fn keys_values(&self, x: Tensor<3>, cross: bool, offset: usize) -> (Tensor<4>, Tensor<4>) {
+    /// The keys and values of `x`, split into heads; self-attention keys (not `cross`) are
+    /// rotated to positions `offset..` like the queries.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, d_model]` -> two `[batch, n_heads, seq, d_head]`
+    pub fn keys_values(&self, x: Tensor<3>, cross: bool, offset: usize) -> (Tensor<4>, Tensor<4>) {
         let k = self.split_heads(project(&self.key, x.clone()));
         let v = self.split_heads(project(&self.value, x));
         let k = if cross { k } else { self.rotate(k, offset) };
@@ -399,6 +405,15 @@ impl MultiHeadAttention {
         let [batch, seq, _] = x.dims();
         x.reshape([batch, seq, self.n_heads, self.d_head()])
             .swap_dims(1, 2)
+    }
+
+    /// The last step of [`forward`](Self::forward): the heads' attended values, concatenated
+    /// and projected back to the model's width (plus the output bias).
+    ///
+    /// # Shapes
+    /// `heads`: `[batch, n_heads, seq, d_head]` -> `[batch, seq, d_model]`
+    pub fn output_of(&self, heads: Tensor<4>) -> Tensor<3> {
+        project(&self.output, self.merge_heads(heads))
     }
 
     /// `[batch, n_heads, seq, d_head]` -> `[batch, seq, d_model]` (no copy when the heads are

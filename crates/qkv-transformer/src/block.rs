@@ -64,7 +64,7 @@ impl Block {
     ///
     /// # Shapes
     /// `h`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
-    fn attention(&self, h: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn attention(&self, h: Tensor<3>) -> Tensor<3> {
         let attended = self.attn.forward(MhaInput::self_attn(h).causal());
         qkv_attention::dropout(&self.attn_dropout, attended.context)
     }
@@ -73,7 +73,7 @@ impl Block {
     ///
     /// # Shapes
     /// `h`: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
-    fn feed_forward(&self, h: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn feed_forward(&self, h: Tensor<3>) -> Tensor<3> {
         let [batch, seq, d_model] = h.dims();
         self.mlp
             .forward(h.reshape([batch * seq, d_model]))

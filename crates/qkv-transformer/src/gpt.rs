@@ -157,12 +157,16 @@ impl Gpt {
         for block in &self.blocks {
             x = block.forward(x);
         }
-        self.logits(self.ln_f.forward(x))
+        self.unembed(x)
     }
 
     /// Errors unless `tokens` is a non-empty batch that fits in the block after `start`
     /// cached positions.
-    fn check_tokens(&self, tokens: &Tensor<2, Int>, start: usize) -> Result<(), ModelError> {
+    pub(crate) fn check_tokens(
+        &self,
+        tokens: &Tensor<2, Int>,
+        start: usize,
+    ) -> Result<(), ModelError> {
         let [batch, seq] = tokens.dims();
         if batch == 0 || seq == 0 {
             return Err(ModelError::InvalidInput(format!(
@@ -178,11 +182,30 @@ impl Gpt {
         Ok(())
     }
 
+    /// The residual stream read out as next-token logits: the final LayerNorm, then the LM
+    /// head. The last step of [`forward`](Self::forward); the logit lens applies it to the
+    /// stream after every layer.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, d_model]` -> `[batch, seq, vocab_size]`
+    pub fn unembed(&self, x: Tensor<3>) -> Tensor<3> {
+        self.logits(self.ln_f.forward(x))
+    }
+
+    /// The unembedding matrix `W_U`, `[d_model, vocab_size]`: the LM head's weight, or the
+    /// token embedding transposed when the two are tied.
+    pub fn unembedding(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.token_embedding.weight.val().transpose(),
+        }
+    }
+
     /// The LM head: next-token logits from the final normalised stream.
     ///
     /// # Shapes
     /// `x`: `[batch, seq, d_model]` -> `[batch, seq, vocab_size]`
-    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, d_model] = x.dims();
         let x = x.reshape([batch * seq, d_model]);
         let logits = match &self.lm_head {
@@ -198,7 +221,7 @@ impl Gpt {
     ///
     /// # Shapes
     /// `tokens`: `[batch, seq]` -> `[batch, seq, d_model]`
-    fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+    pub(crate) fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
         let seq = tokens.dims()[1];
         let device = tokens.device();
         let mut x = self.token_embedding.forward(tokens);

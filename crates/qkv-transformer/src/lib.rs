@@ -39,6 +39,7 @@ mod generate;
 mod gpt;
 pub mod gpt2;
 mod init;
+pub mod interp;
 pub mod limits;
 mod loss;
 mod mlp;

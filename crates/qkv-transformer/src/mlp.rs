@@ -47,12 +47,27 @@ impl Mlp {
     /// # Shapes
     /// `x`: `[rows, d_model]` -> `[rows, d_model]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.output(self.hidden(x))
+    }
+
+    /// The first half: the widened, activated features (the MLP's "neurons").
+    ///
+    /// # Shapes
+    /// `x`: `[rows, d_model]` -> `[rows, d_ff]`
+    pub fn hidden(&self, x: Tensor<2>) -> Tensor<2> {
         let hidden = self.fc.forward(x);
-        let hidden = if self.tanh_gelu {
+        if self.tanh_gelu {
             gelu_tanh(hidden)
         } else {
             qkv_tensor_ops::fused::gelu(hidden)
-        };
+        }
+    }
+
+    /// The second half: the features projected back to the model's width, with dropout.
+    ///
+    /// # Shapes
+    /// `hidden`: `[rows, d_ff]` -> `[rows, d_model]`
+    pub fn output(&self, hidden: Tensor<2>) -> Tensor<2> {
         qkv_attention::dropout(&self.dropout, self.proj.forward(hidden))
     }
 }
@@ -60,10 +75,9 @@ impl Mlp {
 /// Exact GELU, `x·Φ(x) = 0.5·x·(1 + erf(x/√2))` (PyTorch's `nn.GELU()`), written with
 /// tensor ops so that autodiff differentiates the function it computes.
 ///
-/// The MLP uses Burn's `activation::gelu`, which Flex runs as one fused op with the exact
-/// derivative. Burn 0.22's portable fallback (NdArray) backpropagates the derivative of the
-/// *tanh approximation* instead, off by up to about 1e-3; this function is the reference the
-/// test below holds both against.
+/// The MLP calls `qkv_tensor_ops::fused::gelu` instead: one kernel forward and one backward
+/// on Flex, with the exact derivative, and these same tensor ops on every other backend.
+/// This function is the reference the tests hold it against.
 pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let cdf = x
         .clone()

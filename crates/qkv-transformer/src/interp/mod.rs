@@ -1,0 +1,51 @@
+//! Looking inside a trained [`Gpt`](crate::Gpt): hook points and an activation cache, the
+//! logit lens, activation patching and direct logit attribution.
+//!
+//! Everything here runs the model through [`Gpt::run_with_hooks`](crate::Gpt::run_with_hooks),
+//! which reads or replaces any named activation ([`HookPoint`]) and records only the ones
+//! asked for. The plain [`Gpt::forward`](crate::Gpt::forward) is untouched by it.
+//!
+//! - [`logit_lens`]: the residual stream after every layer, read as next-token logits.
+//! - [`run_patched`] and [`activation_patching`]: an activation of a clean prompt put into
+//!   the run of a corrupted one, and how much of the clean answer it brings back.
+//! - [`direct_logit_attribution`]: the logit of a token split into what the embeddings,
+//!   each head, each attention bias and each MLP write towards it.
+
+mod attribution;
+mod hooks;
+mod lens;
+mod patch;
+
+pub use attribution::{Attribution, direct_logit_attribution};
+pub use hooks::{Activation, ActivationCache, HookPoint, Hooks};
+pub use lens::{LensReport, LensToken, logit_lens, logit_lens_report};
+pub use patch::{Patch, PatchingResult, activation_patching, logit_difference, run_patched};
+
+use burn::prelude::*;
+
+use crate::error::ModelError;
+use crate::gpt::Gpt;
+
+/// Token ids as a `[1, seq]` tensor on `device`, each checked against the vocabulary.
+pub(crate) fn prompt_tensor(
+    model: &Gpt,
+    ids: &[u32],
+    device: &Device,
+) -> Result<Tensor<2, Int>, ModelError> {
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
+        return Err(ModelError::InvalidInput(format!(
+            "token id {bad} is outside the vocabulary (vocab_size {})",
+            model.vocab_size
+        )));
+    }
+    let data = TensorData::new(
+        ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        [1, ids.len()],
+    );
+    Ok(Tensor::from_data(data, device))
+}
+
+/// The model's device (that of its token embedding).
+pub(crate) fn model_device(model: &Gpt) -> Device {
+    model.token_embedding.weight.val().device()
+}
