@@ -5,6 +5,8 @@
 //!   `--task translate` for the encoder–decoder).
 //! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
+//! * `lens`, `patch`, `attribute`: the logit lens, activation patching and direct logit
+//!   attribution of a GPT.
 //! * `eval`: a text model's loss over a whole data split.
 //! * `translate`: translate with an encoder–decoder trained by `train --task translate`.
 //! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
@@ -14,6 +16,7 @@
 mod attention;
 mod bench;
 mod eval;
+mod interp;
 mod sample;
 mod train;
 mod translate;
@@ -84,6 +87,12 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Show what each attention head looks at, or ablate heads one at a time.
     Attention(attention::AttentionArgs),
+    /// The logit lens: each layer's residual stream read as next-token predictions.
+    Lens(interp::LensArgs),
+    /// Activation patching: which heads, layers and positions carry a prompt's answer.
+    Patch(interp::PatchArgs),
+    /// Direct logit attribution: each head's and MLP's share of one token's logit.
+    Attribute(interp::AttributeArgs),
     /// The loss of a trained text model over its entire validation (or training) split.
     Eval(eval::EvalArgs),
     /// Translate with a model trained by `train --task translate`.
@@ -100,6 +109,9 @@ fn main() {
         Command::Sample(args) => sample::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Lens(args) => interp::lens(args),
+        Command::Patch(args) => interp::patch(args),
+        Command::Attribute(args) => interp::attribute(args),
         Command::Bench(args) => bench::run(args),
         Command::Translate(args) => translate::run(args),
     });

@@ -1,11 +1,13 @@
 //! After training the default recall task, some head looks straight at the answer: at the
-//! query position, its highest weight falls on the pair with the queried key.
+//! query position, its highest weight falls on the pair with the queried key. Ablation and
+//! activation patching both single out that head.
 
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 use qkv_data::Split;
-use qkv_transformer::SplitMix64;
+use qkv_transformer::interp::activation_patching;
+use qkv_transformer::{SplitMix64, cross_entropy};
 
 use super::lm_trainer;
 use super::temp_dir;
@@ -73,5 +75,82 @@ fn a_trained_recall_head_finds_the_matching_pair() {
         best.1,
         best.2,
         best.0 * 100.0
+    );
+
+    // Ablation: the head whose removal raises the held-out loss most.
+    let (x, y) = crate::tensors(&batch, &plain);
+    let loss = |m: &qkv_transformer::Gpt| {
+        cross_entropy(m.forward(x.clone()), y.clone(), Some(qkv_data::IGNORE)).into_scalar::<f32>()
+    };
+    let base = loss(&model);
+    let n_heads = model.blocks[0].attn.n_heads;
+    let mut ablation = Vec::new();
+    for layer in 0..model.n_layers() {
+        for head in 0..n_heads {
+            let ablated = model.clone().ablate_head(layer, head).unwrap();
+            ablation.push(((layer, head), loss(&ablated) - base));
+        }
+    }
+    let by_ablation = ablation
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap()
+        .0;
+
+    // Patching: clean prompts end in a query; the corrupted ones ask for another key of the
+    // same prompt. Which head's output, patched from clean into corrupted, brings back the
+    // clean answer over the other key's value?
+    let mut restored = vec![0.0f32; model.n_layers() * n_heads];
+    let mut prompts = 0;
+    for b in 0..batch.batch {
+        let row = &batch.inputs[b * seq..(b + 1) * seq];
+        let Some(t) = (0..seq).find(|&t| batch.targets[b * seq + t] != qkv_data::IGNORE) else {
+            continue;
+        };
+        let clean: Vec<u32> = row[..=t].iter().map(|&i| i as u32).collect();
+        let key_base = task.n_values + 1;
+        let pair_base = key_base + task.n_keys;
+        let answer = batch.targets[b * seq + t] as u32;
+        let asked = clean[t] as usize - key_base;
+        // Another pair of the prompt, with another key and value.
+        let Some(other) = (0..n_pairs)
+            .map(|j| clean[j] as usize - pair_base)
+            .find(|p| p / task.n_values != asked && (p % task.n_values) as u32 != answer)
+        else {
+            continue;
+        };
+        let mut corrupted = clean.clone();
+        corrupted[t] = (key_base + other / task.n_values) as u32;
+        let wrong = (other % task.n_values) as u32;
+        let result = activation_patching(&model, &clean, &corrupted, answer, wrong).unwrap();
+        for (slot, r) in restored.iter_mut().zip(result.heads.iter().flatten()) {
+            *slot += r;
+        }
+        prompts += 1;
+        if prompts == 20 {
+            break;
+        }
+    }
+    assert_eq!(prompts, 20, "enough prompts with two distinct pairs");
+    let top = (0..restored.len())
+        .max_by(|&a, &b| restored[a].total_cmp(&restored[b]))
+        .unwrap();
+    let by_patching = (top / n_heads, top % n_heads);
+    assert_eq!(
+        by_patching,
+        by_ablation,
+        "patching restores most through {by_patching:?} ({:.2} of the gap on average), \
+         ablation hurts most at {by_ablation:?}",
+        restored[top] / prompts as f32
+    );
+    assert_eq!(
+        by_patching,
+        (best.1, best.2),
+        "and it is the head that looks at the pair"
+    );
+    assert!(
+        restored[top] / prompts as f32 > 0.5,
+        "that head alone restores {:.2} of the gap",
+        restored[top] / prompts as f32
     );
 }
