@@ -12,6 +12,7 @@ use qkv_plot::Heatmap;
 use qkv_transformer::Gpt;
 use qkv_transformer::interp::{activation_patching, direct_logit_attribution, logit_lens_report};
 
+use crate::page::{LensSection, Page, PatchSection};
 use crate::sample::load_model;
 
 /// The model and prompt options every inspection command takes.
@@ -261,9 +262,35 @@ pub fn lens(args: LensArgs) -> Result<()> {
         cell: (640 / seq).clamp(8, 28),
     };
     save_png(&loaded.out, "lens.png", &heatmap)?;
+    let page = Page {
+        title: format!("qkv logit lens: {}", args.model.checkpoint.display()),
+        lens: Some(LensSection {
+            tokens: labels.clone(),
+            stages: report.stages.clone(),
+            top: report
+                .top
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|t| (label(&loaded, t[0].id), t[0].prob))
+                        .collect()
+                })
+                .collect(),
+            target: report
+                .target
+                .iter()
+                .map(|row| row.iter().map(|t| t.map(|(rank, p)| (p, rank))).collect())
+                .collect(),
+        }),
+        ..Page::default()
+    };
+    write(&loaded.out, "lens.html", page.html()?)?;
     let json = serde_json::json!({ "tokens": labels, "ids": ids, "report": report });
     write(&loaded.out, "lens.json", serde_json::to_string(&json)?)?;
-    println!("\nwrote {}/lens.png, lens.json", loaded.out.display());
+    println!(
+        "\nwrote {}/lens.png, lens.html, lens.json",
+        loaded.out.display()
+    );
     Ok(())
 }
 
@@ -356,13 +383,31 @@ pub fn patch(args: PatchArgs) -> Result<()> {
         cell: (640 / clean.len()).clamp(8, 28),
     };
     save_png(&loaded.out, "patch-positions.png", &stream)?;
+    let page = Page {
+        title: format!(
+            "qkv activation patching: {}",
+            args.model.checkpoint.display()
+        ),
+        patch: Some(PatchSection {
+            tokens: labels.clone(),
+            metric: format!(
+                "logit({:?}) − logit({:?})",
+                label(&loaded, answer),
+                label(&loaded, wrong)
+            ),
+            heads: result.heads.clone(),
+            resid_pre: result.resid_pre.clone(),
+        }),
+        ..Page::default()
+    };
+    write(&loaded.out, "patch.html", page.html()?)?;
     let json = serde_json::json!({
         "tokens": labels, "clean": clean, "corrupted": corrupted,
         "answer": answer, "wrong": wrong, "result": result,
     });
     write(&loaded.out, "patch.json", serde_json::to_string(&json)?)?;
     println!(
-        "wrote {}/patch-heads.png, patch-positions.png, patch.json",
+        "wrote {}/patch-heads.png, patch-positions.png, patch.html, patch.json",
         loaded.out.display()
     );
     Ok(())

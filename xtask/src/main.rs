@@ -17,6 +17,7 @@ mod attention;
 mod bench;
 mod eval;
 mod interp;
+mod page;
 mod sample;
 mod train;
 mod translate;

@@ -122,6 +122,22 @@ pub fn cross_attention(checkpoint: &Path, text: &str, out: &Path, backend: Backe
         .render()
         .save(&out.join("cross_attention.png"))
         .context("writing cross_attention.png")?;
+    let page = crate::page::Page {
+        title: format!("qkv cross-attention: {text:?} -> {answer:?}"),
+        views: vec![crate::page::AttentionView {
+            name: "cross-attention".into(),
+            queries: row_labels.clone(),
+            keys: col_labels.clone(),
+            first_layer: 0,
+            probs: dump.clone(),
+            q: Vec::new(),
+            k: Vec::new(),
+            d_head: 0,
+        }],
+        ..Default::default()
+    };
+    std::fs::write(out.join("cross_attention.html"), page.html()?)
+        .context("writing cross_attention.html")?;
     let json = serde_json::json!({
         "source": col_labels, "target": row_labels, "translation": answer, "probs": dump,
     });
@@ -132,7 +148,7 @@ pub fn cross_attention(checkpoint: &Path, text: &str, out: &Path, backend: Backe
     .context("writing cross_attention.json")?;
     println!("{text:?} -> {answer:?}");
     println!(
-        "wrote {}/cross_attention.png and cross_attention.json",
+        "wrote {}/cross_attention.png, cross_attention.html and cross_attention.json",
         out.display()
     );
     // The alignment in words, from the layer whose heads are most decided (highest mean

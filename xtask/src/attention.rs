@@ -1,7 +1,6 @@
-//! `cargo xtask attention`: see what every head attends to (PNG heatmaps, an HTML page, a
-//! JSON dump, and Q/K/V/scores for one head), or measure each head's worth by ablation.
-
-mod html;
+//! `cargo xtask attention`: see what every head attends to (PNG heatmaps, an interactive
+//! HTML page with the head, model and neuron views and the logit lens, a JSON dump, and
+//! Q/K/V/scores for one head), or measure each head's worth by ablation.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +9,10 @@ use burn::prelude::*;
 use clap::Args;
 use qkv_data::{Split, Tokenizer};
 use qkv_plot::Heatmap;
+use qkv_transformer::interp::{HookPoint, logit_lens_report};
 use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
+
+use crate::page::{AttentionView, LensSection, Page};
 
 use crate::sample::{load_model, load_run_data};
 use qkv_backends::Backend;
@@ -111,8 +113,6 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]),
         &device,
     );
-    let recorded = model.forward_detailed(x.clone(), None, true)?;
-    let n_heads = recorded.attention[0].dims()[1];
     if let Some(layer) = args.layer
         && layer >= model.n_layers()
     {
@@ -121,25 +121,34 @@ pub fn run(args: AttentionArgs) -> Result<()> {
             model.n_layers()
         );
     }
+    let n_heads = model.blocks.first().map_or(0, |b| b.attn.n_heads);
     if let Some(head) = args.head
         && head >= n_heads
     {
         bail!("--head {head}: this model has heads 0..{n_heads}");
     }
-    // probs[layer][head] = seq × seq
-    let probs: Vec<Vec<Vec<f32>>> = recorded
-        .attention
-        .iter()
-        .map(|p| {
-            let flat: Vec<f32> = p
-                .clone()
-                .into_data()
-                .try_into_vec_as()
-                .expect("float probs");
-            flat.chunks(seq * seq).map(|c| c.to_vec()).collect()
-        })
+    // Every layer's pattern, queries and keys, through the hook points.
+    let points = (0..model.n_layers()).flat_map(|l| {
+        [
+            HookPoint::Pattern(l),
+            HookPoint::Query(l),
+            HookPoint::Key(l),
+        ]
+    });
+    let (_, cache) = model.run_with_cache(x.clone(), points)?;
+    // [layer][head] = rows × width, row-major.
+    let per_head = |point: HookPoint| -> Vec<Vec<f32>> {
+        let t = cache.per_head(point).expect("recorded");
+        let [_, heads, rows, width] = t.dims();
+        let flat: Vec<f32> = t.into_data().try_into_vec_as().expect("floats");
+        debug_assert_eq!(heads * rows * width, flat.len());
+        flat.chunks(rows * width).map(|c| c.to_vec()).collect()
+    };
+    let layers = 0..model.n_layers();
+    let probs: Vec<Vec<Vec<f32>>> = layers
+        .clone()
+        .map(|l| per_head(HookPoint::Pattern(l)))
         .collect();
-
     let out = args
         .out
         .clone()
@@ -172,11 +181,58 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         .save(&out.join("attention.png"))
         .context("writing attention.png")?;
     let title = format!("qkv attention: {}", args.checkpoint.display());
-    std::fs::write(
-        out.join("attention.html"),
-        html::page(&title, &labels, &probs),
-    )
-    .context("writing attention.html")?;
+    let shown = |l: &usize| args.layer.is_none_or(|x| x == *l);
+    let first_layer = args.layer.unwrap_or(0);
+    let d_head = model.blocks.first().map_or(0, |b| b.attn.d_head());
+    let view = AttentionView {
+        name: "self-attention".into(),
+        queries: labels.clone(),
+        keys: labels.clone(),
+        first_layer,
+        probs: layers
+            .clone()
+            .filter(shown)
+            .map(|l| probs[l].clone())
+            .collect(),
+        q: layers
+            .clone()
+            .filter(shown)
+            .map(|l| per_head(HookPoint::Query(l)))
+            .collect(),
+        k: layers
+            .clone()
+            .filter(shown)
+            .map(|l| per_head(HookPoint::Key(l)))
+            .collect(),
+        d_head,
+    };
+    let targets: Vec<Option<u32>> = ids[1..].iter().map(|&t| Some(t)).chain([None]).collect();
+    let report = logit_lens_report(&model, &ids, &targets, 1)?;
+    let lens = LensSection {
+        tokens: labels.clone(),
+        stages: report.stages.clone(),
+        top: report
+            .top
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|t| (token_label(tokenizer.as_ref(), t[0].id), t[0].prob))
+                    .collect()
+            })
+            .collect(),
+        target: report
+            .target
+            .iter()
+            .map(|row| row.iter().map(|t| t.map(|(rank, p)| (p, rank))).collect())
+            .collect(),
+    };
+    let page = Page {
+        title: title.clone(),
+        views: vec![view],
+        lens: Some(lens),
+        patch: None,
+    };
+    std::fs::write(out.join("attention.html"), page.html()?).context("writing attention.html")?;
     let json = serde_json::json!({ "tokens": labels, "ids": ids, "probs": probs });
     std::fs::write(out.join("attention.json"), serde_json::to_string(&json)?)
         .context("writing attention.json")?;
