@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::*;
 use clap::Args;
 use qkv_backends::Backend;
 use qkv_data::translate::BOS;
 use qkv_plot::Heatmap;
 use qkv_trainer::translate::{Translator, load_translator};
+use qkv_transformer::interp::{DecoderPoint, EncoderPoint, Seq2SeqPoint};
 
 /// Whether `dir` holds a translation run (rather than a language model).
 pub fn is_translation_run(dir: &Path) -> bool {
@@ -87,9 +89,16 @@ pub fn cross_attention(checkpoint: &Path, text: &str, out: &Path, backend: Backe
         .encode(text)
         .with_context(|| format!("{text:?}"))?;
     let (answer, translation) = translator.translate(&[text], 1)?.remove(0);
+    // Row i is the step that chose token i: the decoder read `<bos>` and the tokens before
+    // it. A translation that ended with `<eos>` has one more row (the step that chose it); one
+    // cut off at the length limit has none, and its last token was never read back.
+    let read = match translation.finished {
+        true => &translation.tokens[..],
+        false => &translation.tokens[..translation.tokens.len().saturating_sub(1)],
+    };
     let layers = translator
         .model
-        .cross_attention(&source, &translation.tokens, BOS, &device)?;
+        .cross_attention(&source, read, BOS, &device)?;
     let vocab = &translator.vocab;
     let col_labels: Vec<String> = source.iter().map(|&t| vocab.token(t).to_string()).collect();
     let mut row_labels: Vec<String> = translation
@@ -97,7 +106,9 @@ pub fn cross_attention(checkpoint: &Path, text: &str, out: &Path, backend: Backe
         .iter()
         .map(|&t| vocab.token(t).to_string())
         .collect();
-    row_labels.push("<eos>".into());
+    if translation.finished {
+        row_labels.push("<eos>".into());
+    }
     let [n_heads, rows, cols] = layers[0].dims();
     let mut panels = Vec::new();
     let mut dump = Vec::new();
@@ -122,18 +133,70 @@ pub fn cross_attention(checkpoint: &Path, text: &str, out: &Path, backend: Backe
         .render()
         .save(&out.join("cross_attention.png"))
         .context("writing cross_attention.png")?;
-    let page = crate::page::Page {
-        title: format!("qkv cross-attention: {text:?} -> {answer:?}"),
-        views: vec![crate::page::AttentionView {
-            name: "cross-attention".into(),
-            queries: row_labels.clone(),
-            keys: col_labels.clone(),
+    // The encoder's and the decoder's self-attention too, through the hook points, on the
+    // same source and the decoder input that produced the translation.
+    let mut decoder_input = vec![BOS as i64];
+    decoder_input.extend(read.iter().map(|&t| t as i64));
+    let steps = decoder_input.len();
+    let src = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            source.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+            [1, source.len()],
+        ),
+        &device,
+    );
+    let tgt = Tensor::<2, Int>::from_data(TensorData::new(decoder_input, [1, steps]), &device);
+    let model = &translator.model;
+    let (n_enc, n_dec) = (model.encoder.len(), model.decoder.len());
+    let points = (0..n_enc)
+        .map(|l| Seq2SeqPoint::Encoder(l, EncoderPoint::Pattern))
+        .chain((0..n_dec).map(|l| Seq2SeqPoint::Decoder(l, DecoderPoint::SelfPattern)));
+    let (_, cache) = model.run_with_cache(src, tgt, points)?;
+    let patterns = |point: Seq2SeqPoint| -> Vec<Vec<f32>> {
+        let t = cache.per_head(point).expect("recorded");
+        let [_, _, rows, cols] = t.dims();
+        let flat: Vec<f32> = t.into_data().try_into_vec_as().expect("float probs");
+        flat.chunks(rows * cols).map(|c| c.to_vec()).collect()
+    };
+    let mut inputs = vec!["<bos>".to_string()];
+    inputs.extend(read.iter().map(|&t| vocab.token(t).to_string()));
+    let view =
+        |name: &str, queries: &[String], keys: &[String], probs| crate::page::AttentionView {
+            name: name.into(),
+            queries: queries.to_vec(),
+            keys: keys.to_vec(),
             first_layer: 0,
-            probs: dump.clone(),
+            probs,
             q: Vec::new(),
             k: Vec::new(),
             d_head: 0,
-        }],
+        };
+    let page = crate::page::Page {
+        title: format!("qkv translation attention: {text:?} -> {answer:?}"),
+        views: vec![
+            view(
+                "encoder self-attention",
+                &col_labels,
+                &col_labels,
+                (0..n_enc)
+                    .map(|l| patterns(Seq2SeqPoint::Encoder(l, EncoderPoint::Pattern)))
+                    .collect(),
+            ),
+            view(
+                "decoder self-attention (rows: the step that chose each token; columns: the decoder's input)",
+                &row_labels,
+                &inputs,
+                (0..n_dec)
+                    .map(|l| patterns(Seq2SeqPoint::Decoder(l, DecoderPoint::SelfPattern)))
+                    .collect(),
+            ),
+            view(
+                "cross-attention (rows: the step that chose each token; columns: the source)",
+                &row_labels,
+                &col_labels,
+                dump.clone(),
+            ),
+        ],
         ..Default::default()
     };
     std::fs::write(out.join("cross_attention.html"), page.html()?)

@@ -196,3 +196,110 @@ fn lens_patch_and_attribute_read_a_trained_run() {
         "token id",
     );
 }
+
+/// The page of the data between `<script id="data" type="application/json">` and `</script>`.
+fn page_data(html: &str) -> serde_json::Value {
+    let open = "type=\"application/json\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = html[start..].find("</script>").unwrap() + start;
+    serde_json::from_str(&html[start..end]).unwrap()
+}
+
+#[test]
+fn a_translation_run_gets_its_three_attentions_on_one_page() {
+    let dir = temp_dir("cli-translate-page");
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    let trained = xtask(&[
+        "train",
+        "--task",
+        "translate",
+        "--out",
+        run_s,
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-sentences",
+        "8",
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "2",
+        "--d-model",
+        "32",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(trained.status.success(), "{}", text(&trained.stderr));
+    let out = xtask(&[
+        "attention",
+        "--checkpoint",
+        run_s,
+        "--prompt",
+        "three hundred and four",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(run.join("attention/cross_attention.html")).unwrap();
+    let data = page_data(&html);
+    let views = data["views"].as_array().unwrap();
+    let names: Vec<&str> = views.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert!(names[0].starts_with("encoder self-attention"), "{names:?}");
+    assert!(names[1].starts_with("decoder self-attention"), "{names:?}");
+    assert!(names[2].starts_with("cross-attention"), "{names:?}");
+    // The cross-attention on the page is the one in cross_attention.json.
+    let json = json(&run.join("attention/cross_attention.json"));
+    let as_f32 = |v: &serde_json::Value| -> Vec<f32> {
+        let mut out = Vec::new();
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Array(items) => stack.extend(items.iter().rev()),
+                n => out.push(n.as_f64().unwrap() as f32),
+            }
+        }
+        out
+    };
+    assert_eq!(as_f32(&views[2]["probs"]), as_f32(&json["probs"]));
+    for view in views {
+        let (nq, nk) = (
+            view["queries"].as_array().unwrap().len(),
+            view["keys"].as_array().unwrap().len(),
+        );
+        let layers = view["probs"].as_array().unwrap();
+        assert_eq!(layers.len(), 2, "two layers in {}", view["name"]);
+        for head in layers.iter().flat_map(|l| l.as_array().unwrap()) {
+            let p: Vec<f64> = head
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(p.len(), nq * nk, "{}", view["name"]);
+            for row in p.chunks(nk) {
+                let sum: f64 = row.iter().sum();
+                assert!(
+                    (sum - 1.0).abs() < 1e-4,
+                    "{}: a row sums to {sum}",
+                    view["name"]
+                );
+            }
+        }
+    }
+    // The decoder's self-attention is causal: no step looks at a later input.
+    let decoder = &views[1];
+    let n = decoder["keys"].as_array().unwrap().len();
+    for head in decoder["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l.as_array().unwrap())
+    {
+        let p = head.as_array().unwrap();
+        for q in 0..n {
+            for k in q + 1..n {
+                assert_eq!(p[q * n + k].as_f64().unwrap(), 0.0);
+            }
+        }
+    }
+}

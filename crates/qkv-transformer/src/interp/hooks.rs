@@ -201,6 +201,24 @@ impl FromStr for HookPoint {
     }
 }
 
+/// A kind of hook point: [`HookPoint`] for a [`Gpt`], [`Seq2SeqPoint`] for a
+/// [`Seq2Seq`](crate::Seq2Seq).
+pub trait Point: Copy + Ord + fmt::Display + fmt::Debug {
+    /// The stack (`"blocks"`, `"encoder"`, `"decoder"`) and layer the point belongs to.
+    fn layer(self) -> Option<(&'static str, usize)>;
+    /// Whether the activation has one row per head (rank 4) rather than one per position.
+    fn is_per_head(self) -> bool;
+}
+
+impl Point for HookPoint {
+    fn layer(self) -> Option<(&'static str, usize)> {
+        HookPoint::layer(self).map(|l| ("blocks", l))
+    }
+    fn is_per_head(self) -> bool {
+        HookPoint::is_per_head(self)
+    }
+}
+
 /// One recorded activation: per position (rank 3) or per head (rank 4), see [`HookPoint`].
 #[derive(Debug, Clone)]
 pub enum Activation {
@@ -231,19 +249,27 @@ impl Activation {
 
 /// The activations a hooked run recorded, by [`HookPoint`]. Only the points asked for are
 /// kept (see [`Hooks::record`]); the tensors stay on the model's device.
-#[derive(Debug, Clone, Default)]
-pub struct ActivationCache {
-    activations: BTreeMap<HookPoint, Activation>,
+#[derive(Debug, Clone)]
+pub struct ActivationCache<P: Point = HookPoint> {
+    activations: BTreeMap<P, Activation>,
 }
 
-impl ActivationCache {
+impl<P: Point> Default for ActivationCache<P> {
+    fn default() -> Self {
+        Self {
+            activations: BTreeMap::new(),
+        }
+    }
+}
+
+impl<P: Point> ActivationCache<P> {
     /// The activation at `point`, if it was recorded.
-    pub fn get(&self, point: HookPoint) -> Option<&Activation> {
+    pub fn get(&self, point: P) -> Option<&Activation> {
         self.activations.get(&point)
     }
 
     /// A per-position activation (`[batch, seq, width]`), if recorded.
-    pub fn per_position(&self, point: HookPoint) -> Option<Tensor<3>> {
+    pub fn per_position(&self, point: P) -> Option<Tensor<3>> {
         match self.activations.get(&point)? {
             Activation::PerPosition(t) => Some(t.clone()),
             Activation::PerHead(_) => None,
@@ -251,7 +277,7 @@ impl ActivationCache {
     }
 
     /// A per-head activation (`[batch, n_heads, seq, width]`), if recorded.
-    pub fn per_head(&self, point: HookPoint) -> Option<Tensor<4>> {
+    pub fn per_head(&self, point: P) -> Option<Tensor<4>> {
         match self.activations.get(&point)? {
             Activation::PerHead(t) => Some(t.clone()),
             Activation::PerPosition(_) => None,
@@ -259,7 +285,7 @@ impl ActivationCache {
     }
 
     /// The recorded points, in forward order within each kind (see [`HookPoint`]'s order).
-    pub fn points(&self) -> impl Iterator<Item = HookPoint> + '_ {
+    pub fn points(&self) -> impl Iterator<Item = P> + '_ {
         self.activations.keys().copied()
     }
 
@@ -299,8 +325,8 @@ impl ActivationCache {
 }
 
 /// One replacement: the point, whether it was set for a per-head point, and the function.
-struct Edit<'a> {
-    point: HookPoint,
+struct Edit<'a, P> {
+    point: P,
     per_head: bool,
     apply: Box<dyn FnMut(Activation) -> Activation + 'a>,
 }
@@ -326,16 +352,27 @@ struct Edit<'a> {
 /// assert_eq!(logits.dims(), [1, 3, 11]);
 /// assert_eq!(hooks.cache().per_head(HookPoint::Pattern(1)).unwrap().dims(), [1, 2, 3, 3]);
 /// ```
-#[derive(Default)]
-pub struct Hooks<'a> {
-    record: BTreeSet<HookPoint>,
+pub struct Hooks<'a, P: Point = HookPoint> {
+    record: BTreeSet<P>,
     record_all: bool,
     explicit: bool,
-    edits: Vec<Edit<'a>>,
-    cache: ActivationCache,
+    edits: Vec<Edit<'a, P>>,
+    cache: ActivationCache<P>,
 }
 
-impl fmt::Debug for Hooks<'_> {
+impl<P: Point> Default for Hooks<'_, P> {
+    fn default() -> Self {
+        Self {
+            record: BTreeSet::new(),
+            record_all: false,
+            explicit: false,
+            edits: Vec::new(),
+            cache: ActivationCache::default(),
+        }
+    }
+}
+
+impl<P: Point> fmt::Debug for Hooks<'_, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")
             .field("record", &self.record)
@@ -349,14 +386,14 @@ impl fmt::Debug for Hooks<'_> {
     }
 }
 
-impl<'a> Hooks<'a> {
+impl<'a, P: Point> Hooks<'a, P> {
     /// No recording, no edits: a hooked run then computes what [`Gpt::forward`] does.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Also record these points.
-    pub fn record(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
+    pub fn record(mut self, points: impl IntoIterator<Item = P>) -> Self {
         self.record.extend(points);
         self
     }
@@ -378,7 +415,7 @@ impl<'a> Hooks<'a> {
     /// which must keep its shape. Several edits of one point apply in the order set.
     pub fn edit_per_position(
         mut self,
-        point: HookPoint,
+        point: P,
         mut edit: impl FnMut(Tensor<3>) -> Tensor<3> + 'a,
     ) -> Self {
         self.edits.push(Edit {
@@ -396,7 +433,7 @@ impl<'a> Hooks<'a> {
     /// must keep its shape.
     pub fn edit_per_head(
         mut self,
-        point: HookPoint,
+        point: P,
         mut edit: impl FnMut(Tensor<4>) -> Tensor<4> + 'a,
     ) -> Self {
         self.edits.push(Edit {
@@ -411,18 +448,23 @@ impl<'a> Hooks<'a> {
     }
 
     /// What the last run recorded.
-    pub fn cache(&self) -> &ActivationCache {
+    pub fn cache(&self) -> &ActivationCache<P> {
         &self.cache
     }
 
+    /// Empties the cache (at the start of a run).
+    pub(crate) fn clear_cache(&mut self) {
+        self.cache = ActivationCache::default();
+    }
+
     /// Takes what the last run recorded, leaving the cache empty.
-    pub fn take_cache(&mut self) -> ActivationCache {
+    pub fn take_cache(&mut self) -> ActivationCache<P> {
         std::mem::take(&mut self.cache)
     }
 
-    /// Errors unless every point set names a layer of a model with `n_layers` blocks, and
-    /// every edit has the rank of its point.
-    fn check(&self, n_layers: usize) -> Result<(), ModelError> {
+    /// Errors unless every point set names an existing layer (`layers` gives a stack's
+    /// count), and every edit has the rank of its point.
+    pub(crate) fn check(&self, layers: impl Fn(&str) -> usize) -> Result<(), ModelError> {
         for edit in &self.edits {
             if edit.per_head != edit.point.is_per_head() {
                 let (set, needed) = if edit.per_head {
@@ -438,40 +480,25 @@ impl<'a> Hooks<'a> {
         }
         let edits = self.edits.iter().map(|e| e.point);
         for point in self.record.iter().copied().chain(edits) {
-            if let Some(layer) = point.layer()
-                && layer >= n_layers
+            if let Some((stack, layer)) = point.layer()
+                && layer >= layers(stack)
             {
                 return Err(ModelError::InvalidInput(format!(
-                    "hook point {point}: this model has layers 0..{n_layers}"
+                    "hook point {point}: this model's {stack} has layers 0..{}",
+                    layers(stack)
                 )));
             }
         }
         Ok(())
     }
 
-    fn wants(&self, point: HookPoint) -> bool {
+    pub(crate) fn wants(&self, point: P) -> bool {
         self.record_all
             || self.record.contains(&point)
             || self.edits.iter().any(|e| e.point == point)
     }
 
-    /// Whether layer `layer`'s attention must be computed step by step.
-    fn opens_attention(&self, layer: usize) -> bool {
-        use HookPoint::*;
-        self.explicit
-            || [
-                Query(layer),
-                Key(layer),
-                Value(layer),
-                Scores(layer),
-                Pattern(layer),
-                HeadOutput(layer),
-            ]
-            .into_iter()
-            .any(|p| self.wants(p))
-    }
-
-    fn apply(&mut self, point: HookPoint, value: Activation) -> Result<Activation, ModelError> {
+    fn apply(&mut self, point: P, value: Activation) -> Result<Activation, ModelError> {
         let dims = value.dims();
         let mut value = value;
         for edit in self.edits.iter_mut().filter(|e| e.point == point) {
@@ -490,7 +517,7 @@ impl<'a> Hooks<'a> {
     }
 
     /// Hands a per-position activation through the edits and the recorder.
-    fn at3(&mut self, point: HookPoint, x: Tensor<3>) -> Result<Tensor<3>, ModelError> {
+    pub(crate) fn at3(&mut self, point: P, x: Tensor<3>) -> Result<Tensor<3>, ModelError> {
         if !self.wants(point) {
             return Ok(x);
         }
@@ -501,7 +528,7 @@ impl<'a> Hooks<'a> {
     }
 
     /// Hands a per-head activation through the edits and the recorder.
-    fn at4(&mut self, point: HookPoint, x: Tensor<4>) -> Result<Tensor<4>, ModelError> {
+    pub(crate) fn at4(&mut self, point: P, x: Tensor<4>) -> Result<Tensor<4>, ModelError> {
         if !self.wants(point) {
             return Ok(x);
         }
@@ -509,6 +536,24 @@ impl<'a> Hooks<'a> {
             Activation::PerHead(x) => Ok(x),
             Activation::PerPosition(_) => unreachable!("checked in apply"),
         }
+    }
+}
+
+impl Hooks<'_, HookPoint> {
+    /// Whether layer `layer`'s attention must be computed step by step.
+    fn opens_attention(&self, layer: usize) -> bool {
+        use HookPoint::*;
+        self.explicit
+            || [
+                Query(layer),
+                Key(layer),
+                Value(layer),
+                Scores(layer),
+                Pattern(layer),
+                HeadOutput(layer),
+            ]
+            .into_iter()
+            .any(|p| self.wants(p))
     }
 }
 
@@ -526,8 +571,9 @@ impl Gpt {
         hooks: &mut Hooks,
     ) -> Result<Tensor<3>, ModelError> {
         self.check_tokens(&tokens, 0)?;
-        hooks.check(self.n_layers())?;
-        hooks.cache = ActivationCache::default();
+        let n_layers = self.n_layers();
+        hooks.check(|_| n_layers)?;
+        hooks.clear_cache();
         let mut x = hooks.at3(HookPoint::Embed, self.embed(tokens, 0))?;
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.run_with_hooks(layer, x, hooks)?;

@@ -1,5 +1,6 @@
 //! Looking inside a trained [`Gpt`](crate::Gpt): hook points and an activation cache, the
-//! logit lens, activation patching and direct logit attribution.
+//! logit lens, activation patching and direct logit attribution; and hook points on the
+//! encoder–decoder ([`Seq2SeqPoint`]).
 //!
 //! Everything here runs the model through [`Gpt::run_with_hooks`](crate::Gpt::run_with_hooks),
 //! which reads or replaces any named activation ([`HookPoint`]) and records only the ones
@@ -15,11 +16,13 @@ mod attribution;
 mod hooks;
 mod lens;
 mod patch;
+mod seq2seq;
 
 pub use attribution::{Attribution, direct_logit_attribution};
-pub use hooks::{Activation, ActivationCache, HookPoint, Hooks};
+pub use hooks::{Activation, ActivationCache, HookPoint, Hooks, Point};
 pub use lens::{LensReport, LensToken, logit_lens, logit_lens_report};
 pub use patch::{Patch, PatchingResult, activation_patching, logit_difference, run_patched};
+pub use seq2seq::{DecoderPoint, EncoderPoint, Seq2SeqPoint};
 
 use burn::prelude::*;
 

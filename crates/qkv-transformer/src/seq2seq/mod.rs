@@ -427,7 +427,7 @@ impl DecoderCache {
 
 impl Seq2Seq {
     /// Token plus position embeddings for positions `start..start + len`.
-    fn embed(&self, tokens: Tensor<2, Int>, start: usize, target: bool) -> Tensor<3> {
+    pub(crate) fn embed(&self, tokens: Tensor<2, Int>, start: usize, target: bool) -> Tensor<3> {
         let [_, len] = tokens.dims();
         let device = tokens.device();
         let table = match (&self.tgt_embedding, target) {
@@ -454,7 +454,7 @@ impl Seq2Seq {
         qkv_attention::dropout(&self.dropout, x)
     }
 
-    fn check_tokens(
+    pub(crate) fn check_tokens(
         &self,
         tokens: &Tensor<2, Int>,
         start: usize,
@@ -509,7 +509,7 @@ impl Seq2Seq {
         record_cross: bool,
     ) -> Result<(Tensor<3>, Vec<Tensor<4>>), ModelError> {
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let [batch, len] = tgt.dims();
+        let [batch, _] = tgt.dims();
         self.check_tokens(&tgt, start, self.max_tgt_len, "target")?;
         if encoded.memory.dims()[0] != batch {
             return Err(ModelError::InvalidInput(format!(
@@ -539,11 +539,20 @@ impl Seq2Seq {
             x = next;
             cross.extend(probs);
         }
-        let d_model = x.dims()[2];
+        Ok((self.output_logits(x), cross))
+    }
+
+    /// The decoder's stream read out as next-token logits: the final LayerNorm, then the
+    /// target embedding transposed.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, len, d_model]` -> `[batch, len, tgt_vocab_size]`
+    pub(crate) fn output_logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, len, d_model] = x.dims();
         let x = self.decoder_norm.forward(x).reshape([batch * len, d_model]);
         let table = self.tgt_embedding.as_ref().unwrap_or(&self.src_embedding);
         let logits = x.matmul(table.weight.val().transpose());
-        Ok((logits.reshape([batch, len, self.tgt_vocab_size]), cross))
+        logits.reshape([batch, len, self.tgt_vocab_size])
     }
 
     /// Teacher-forced logits for training.

@@ -319,3 +319,138 @@ test_on_cpu_backends!(bad_input_and_config_get_named_errors, |device: &Device| {
         .try_init(device)
         .unwrap();
 });
+
+fn bits(t: Tensor<3>) -> Vec<u32> {
+    values(t).iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn a_hooked_encoder_decoder_run_is_the_plain_pass() {
+    use crate::interp::{Hooks, Seq2SeqPoint};
+    let device = qkv_test_support::flex();
+    for positional in encodings() {
+        let m = model(positional.clone(), &device);
+        let src = ids(&sources(), &device);
+        let tgt = ids(&vec![vec![BOS, 4, 7, 9, 3]; sources().len()], &device);
+        let plain = m.forward(src.clone(), tgt.clone()).unwrap();
+        let none = m
+            .run_with_hooks(src.clone(), tgt.clone(), &mut Hooks::new())
+            .unwrap();
+        assert_eq!(bits(none), bits(plain.clone()), "{positional:?}");
+        // Every stream point, no pattern: the layers' own code runs, bit for bit.
+        let streams: Vec<Seq2SeqPoint> = Seq2SeqPoint::all(2, 2)
+            .into_iter()
+            .filter(|p| !crate::interp::Point::is_per_head(*p))
+            .collect();
+        let (logits, cache) = m
+            .run_with_cache(src.clone(), tgt.clone(), streams.clone())
+            .unwrap();
+        assert_eq!(cache.len(), streams.len());
+        assert_eq!(bits(logits), bits(plain));
+        let memory = m.encode(src.clone()).unwrap().memory;
+        assert_eq!(
+            bits(cache.per_position(Seq2SeqPoint::Memory).unwrap()),
+            bits(memory)
+        );
+    }
+}
+
+test_on_cpu_backends!(
+    encoder_decoder_and_cross_attention_patterns_are_recorded_apart,
+    |device: &Device| {
+        use crate::interp::{DecoderPoint, EncoderPoint, Hooks, Seq2SeqPoint};
+        for positional in encodings() {
+            let m = model(positional.clone(), device);
+            let all = sources();
+            let src = ids(&all, device);
+            let tgt = ids(&vec![vec![BOS, 4, 7, 9, 3]; all.len()], device);
+            let plain = values(m.forward(src.clone(), tgt.clone()).unwrap());
+            let mut hooks = Hooks::new().record_all();
+            let logits = m
+                .run_with_hooks(src.clone(), tgt.clone(), &mut hooks)
+                .unwrap();
+            assert_close(&values(logits), &plain, 1e-5, &format!("{positional:?}"));
+            let cache = hooks.take_cache();
+            let encoded = m.encode(src.clone()).unwrap();
+            let (_, cross) = m.decode(tgt.clone(), &encoded, None, true).unwrap();
+            let src_len = all.iter().map(Vec::len).max().unwrap();
+            for l in 0..2 {
+                let recorded = cache
+                    .per_head(Seq2SeqPoint::Decoder(l, DecoderPoint::CrossPattern))
+                    .unwrap();
+                assert_close(
+                    &values(recorded),
+                    &values(cross[l].clone()),
+                    1e-5,
+                    &format!("{positional:?}: cross-attention of layer {l}"),
+                );
+                // Encoder self-attention: rows sum to 1, padding keys get exactly 0.
+                let enc = values(
+                    cache
+                        .per_head(Seq2SeqPoint::Encoder(l, EncoderPoint::Pattern))
+                        .unwrap(),
+                );
+                let heads = enc.len() / (all.len() * src_len * src_len);
+                for (b, s) in all.iter().enumerate() {
+                    for h in 0..heads {
+                        for q in 0..src_len {
+                            let row = &enc[((b * heads + h) * src_len + q) * src_len..][..src_len];
+                            let sum: f32 = row.iter().sum();
+                            assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
+                            assert!(row[s.len()..].iter().all(|&w| w == 0.0));
+                        }
+                    }
+                }
+                // Decoder self-attention is causal.
+                let dec = values(
+                    cache
+                        .per_head(Seq2SeqPoint::Decoder(l, DecoderPoint::SelfPattern))
+                        .unwrap(),
+                );
+                let t = 5;
+                for (i, w) in dec.iter().enumerate() {
+                    let (q, k) = ((i / t) % t, i % t);
+                    if k > q {
+                        assert_eq!(*w, 0.0);
+                    }
+                }
+            }
+            // An edit: silencing the cross-attention of both layers leaves a decoder that
+            // cannot see the source, so every sentence gets the same logits.
+            let mut deaf = Hooks::new();
+            for l in 0..2 {
+                deaf = deaf
+                    .edit_per_position(Seq2SeqPoint::Decoder(l, DecoderPoint::CrossAttnOut), |x| {
+                        x.zeros_like()
+                    });
+            }
+            let out = values(
+                m.run_with_hooks(src.clone(), tgt.clone(), &mut deaf)
+                    .unwrap(),
+            );
+            let per = out.len() / all.len();
+            for b in 1..all.len() {
+                assert_close(
+                    &out[b * per..(b + 1) * per],
+                    &out[..per],
+                    1e-6,
+                    "a decoder without cross-attention",
+                );
+            }
+            // Bad points are named.
+            let message = m
+                .run_with_hooks(
+                    src.clone(),
+                    tgt.clone(),
+                    &mut Hooks::new().record([Seq2SeqPoint::Encoder(5, EncoderPoint::Pattern)]),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("encoder.5.attn.pattern")
+                    && message.contains("encoder has layers 0..2"),
+                "{message}"
+            );
+        }
+    }
+);
