@@ -257,7 +257,11 @@ pub fn lens(args: LensArgs) -> Result<()> {
         title: "logit lens: probability of the next token, per stage (rows) and position".into(),
         panels: vec![("target probability".into(), cells)],
         columns: 1,
-        row_labels: report.stages.iter().map(|s| short(s)).collect(),
+        row_labels: report
+            .stages
+            .iter()
+            .map(|s| s.replace("block ", "L"))
+            .collect(),
         col_labels: labels.iter().map(|l| short(l)).collect(),
         cell: (640 / seq).clamp(8, 28),
     };
