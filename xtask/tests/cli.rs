@@ -148,3 +148,32 @@ fn translation_commands_name_their_mistakes() {
     assert!(err.contains("not a translation run"), "{err}");
     assert!(!err.contains("panicked at"), "{err}");
 }
+
+#[test]
+fn gpu_backends_not_in_this_build_say_how_to_build_them() {
+    let dir = temp_dir("not-built").join("run");
+    for backend in ["cuda", "vulkan"] {
+        let run = dir.to_str().unwrap();
+        let out = xtask_env(
+            &[
+                "train",
+                "--backend",
+                backend,
+                "--max-iters",
+                "1",
+                "--out",
+                run,
+            ],
+            &[],
+        );
+        assert!(!dir.exists(), "{backend}: nothing is written");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {err}");
+        assert!(
+            err.contains(&format!("the {backend} backend is not in this build"))
+                && err.contains(&format!("--features {backend}"))
+                && !err.contains("panicked"),
+            "{backend}: {err}"
+        );
+    }
+}

@@ -1,5 +1,11 @@
 //! The one place in qkv that names concrete Burn backends: a backend name (`flex`, `ndarray`,
-//! `wgpu`) to a [`Device`], plus a description of the machine for benchmark reports.
+//! `wgpu`, `vulkan`, `cuda`) to a [`Device`], plus a description of the machine for benchmark
+//! reports.
+//!
+//! The GPU backends are Burn's CubeCL backend on several runtimes (wgpu by default; Vulkan
+//! with SPIR-V and CUDA behind this crate's `vulkan` and `cuda` features), all compiled with
+//! Burn's `fusion` (element-wise operations fused into the kernels around them, instead of
+//! one launch each) and `autotune` (kernel variants timed on the device, the fastest kept).
 //!
 //! Library crates (tensor ops, attention, model, trainer) take a `&Device` and never name a
 //! backend; the command line, the benchmarks, the examples and the cross-backend tests pick
@@ -19,14 +25,29 @@ pub enum Backend {
     Flex,
     /// The ndarray CPU backend (deprecated in Burn 0.22, kept for comparison).
     Ndarray,
-    /// The GPU through wgpu and CubeCL (Vulkan, Metal, DX12). With no GPU it runs on a
-    /// software Vulkan driver such as Mesa's lavapipe: correct, but slow.
+    /// The GPU through wgpu and CubeCL, shaders in WGSL: portable (Vulkan, Metal, DX12).
+    /// With no GPU it runs on a software Vulkan driver such as Mesa's lavapipe: correct, but
+    /// slow.
     Wgpu,
+    /// The GPU through wgpu on Vulkan, shaders compiled to SPIR-V by CubeCL (Burn documents
+    /// it as faster than WGSL, above all for matrix products). Compiled in only with this
+    /// crate's `vulkan` feature; without it, [`Backend::check`] says how to build it.
+    Vulkan,
+    /// NVIDIA GPUs through CUDA (the driver's `libcuda` and NVRTC, loaded at run time).
+    /// Compiled in only with this crate's `cuda` feature; without it, [`Backend::check`]
+    /// says how to build it.
+    Cuda,
 }
 
 impl Backend {
     /// Every backend, in the order reports list them.
-    pub const ALL: [Backend; 3] = [Backend::Flex, Backend::Ndarray, Backend::Wgpu];
+    pub const ALL: [Backend; 5] = [
+        Backend::Flex,
+        Backend::Ndarray,
+        Backend::Wgpu,
+        Backend::Vulkan,
+        Backend::Cuda,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -34,12 +55,14 @@ impl Backend {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu => "wgpu",
+            Backend::Vulkan => "vulkan",
+            Backend::Cuda => "cuda",
         }
     }
 
     /// Whether the backend computes on the CPU of this process.
     pub fn is_cpu(self) -> bool {
-        !matches!(self, Backend::Wgpu)
+        matches!(self, Backend::Flex | Backend::Ndarray)
     }
 
     /// The device for this backend, without autodiff (call `.autodiff()` for training).
@@ -52,6 +75,15 @@ impl Backend {
             #[allow(deprecated)]
             Backend::Ndarray => Device::ndarray(),
             Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
+            #[cfg(feature = "vulkan")]
+            Backend::Vulkan => Device::vulkan(DeviceKind::DefaultDevice),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Device::cuda(0usize),
+            // Never started: `check` refuses them first. The CPU device keeps this total.
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => Device::flex(),
+            #[cfg(not(feature = "vulkan"))]
+            Backend::Vulkan => Device::flex(),
         }
     }
 
@@ -63,6 +95,22 @@ impl Backend {
     /// Call it once at start-up, as the command line does, not while other threads may
     /// be panicking.
     pub fn check(self) -> Result<Device, BackendError> {
+        if self == Backend::Cuda && !cfg!(feature = "cuda") {
+            return Err(BackendError::NotBuilt {
+                backend: self,
+                how: "rebuild with the cuda feature (cargo run --release -p xtask --features cuda -- …); \
+                      building it downloads an LLVM bundle for CubeCL's CUDA compiler"
+                    .into(),
+            });
+        }
+        if self == Backend::Vulkan && !cfg!(feature = "vulkan") {
+            return Err(BackendError::NotBuilt {
+                backend: self,
+                how: "rebuild with the vulkan feature (cargo run --release -p xtask --features vulkan -- …); \
+                      it is off by default because Mesa's software Vulkan driver crashes on its shaders"
+                    .into(),
+            });
+        }
         let device = self.device();
         // A backend that cannot start panics, possibly on a worker thread (wgpu's device
         // thread), before the panic reaches us as a broken channel. Keep the first panic
@@ -145,8 +193,15 @@ pub fn parse_list(list: &str) -> Result<Vec<Backend>, BackendError> {
 /// Why a backend could not be chosen or started.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendError {
-    /// The name is not one of `flex`, `ndarray`, `wgpu`.
+    /// The name is not one of `flex`, `ndarray`, `wgpu`, `vulkan`, `cuda`.
     Unknown(String),
+    /// The backend is not compiled into this build.
+    NotBuilt {
+        /// Which backend.
+        backend: Backend,
+        /// How to build it.
+        how: String,
+    },
     /// The backend is compiled in but cannot run here.
     Unusable {
         /// Which backend.
@@ -161,7 +216,12 @@ impl fmt::Display for BackendError {
         match self {
             BackendError::Unknown(name) => write!(
                 f,
-                "unknown backend {name:?}: choose one of flex, ndarray, wgpu (for example --backend flex)"
+                "unknown backend {name:?}: choose one of flex, ndarray, wgpu, vulkan, cuda (for example --backend flex)"
+            ),
+            BackendError::NotBuilt { backend, how } => write!(
+                f,
+                "the {backend} backend is not in this build: {how}; or choose --backend wgpu, \
+                 or a CPU backend with --backend flex"
             ),
             BackendError::Unusable {
                 backend: Backend::Wgpu,
@@ -171,6 +231,24 @@ impl fmt::Display for BackendError {
                 "the wgpu backend cannot start ({reason}); it needs a GPU driver or, with no GPU, \
                  Mesa's software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1), \
                  or choose a CPU backend with --backend flex"
+            ),
+            BackendError::Unusable {
+                backend: Backend::Vulkan,
+                reason,
+            } => write!(
+                f,
+                "the vulkan backend cannot start ({reason}); it needs a Vulkan driver: the GPU vendor's, \
+                 or with no GPU Mesa's software one (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1); \
+                 or choose --backend wgpu (any graphics API) or a CPU backend with --backend flex"
+            ),
+            BackendError::Unusable {
+                backend: Backend::Cuda,
+                reason,
+            } => write!(
+                f,
+                "the cuda backend cannot start ({reason}); it needs an NVIDIA GPU with its driver \
+                 (libcuda.so) and the CUDA runtime compiler (libnvrtc.so, from the CUDA toolkit) on \
+                 the library path; or choose --backend wgpu, or a CPU backend with --backend flex"
             ),
             BackendError::Unusable { backend, reason } => {
                 write!(f, "the {backend} backend cannot start: {reason}")
@@ -266,9 +344,9 @@ mod tests {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
         }
         assert_eq!("WGPU".parse::<Backend>().unwrap(), Backend::Wgpu);
-        let err = "cuda".parse::<Backend>().unwrap_err().to_string();
-        assert!(err.contains("unknown backend \"cuda\""), "{err}");
-        assert!(err.contains("flex, ndarray, wgpu"), "{err}");
+        let err = "tpu".parse::<Backend>().unwrap_err().to_string();
+        assert!(err.contains("unknown backend \"tpu\""), "{err}");
+        assert!(err.contains("flex, ndarray, wgpu, vulkan, cuda"), "{err}");
         assert_eq!(
             parse_list("flex, ndarray,flex").unwrap(),
             vec![Backend::Flex, Backend::Ndarray]
@@ -281,6 +359,43 @@ mod tests {
     fn cpu_backends_pass_the_probe() {
         for b in [Backend::Flex, Backend::Ndarray] {
             b.check().unwrap();
+        }
+    }
+
+    /// CUDA and Vulkan either run (built with their feature, on a machine with the driver:
+    /// the probe's sum is right) or fail with the message that says what to build or
+    /// install; they never panic. The default build (CI's) checks the messages.
+    #[test]
+    fn optional_gpu_backends_run_or_say_what_they_need() {
+        for (backend, built, missing_driver) in [
+            (Backend::Cuda, cfg!(feature = "cuda"), "libcuda.so"),
+            (
+                Backend::Vulkan,
+                cfg!(feature = "vulkan"),
+                "mesa-vulkan-drivers",
+            ),
+        ] {
+            match backend.check() {
+                Ok(device) => {
+                    assert!(built, "{backend} ran in a build without it");
+                    let t = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0], &device);
+                    assert_eq!(t.sum().into_scalar::<f32>(), 10.0);
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let expected = if built {
+                        missing_driver.to_string()
+                    } else {
+                        format!("--features {backend}")
+                    };
+                    assert!(
+                        message.contains(&format!("the {backend} backend"))
+                            && message.contains(&expected)
+                            && message.contains("--backend flex"),
+                        "{message}"
+                    );
+                }
+            }
         }
     }
 }

@@ -10,8 +10,9 @@
 //! differences of the update (9e-5 measured on ndarray and on lavapipe).
 //! GPU reductions sum in a different order from the CPU, so bit equality is not expected.
 //!
-//! The wgpu copies need a Vulkan driver; with none, they fail with a message saying which
-//! package to install (CI installs Mesa's).
+//! The wgpu copies (and the vulkan ones, in a build with the `vulkan` feature) need a Vulkan
+//! driver; with none, they fail with a message saying which package to install (CI installs
+//! Mesa's). They run with Burn's fusion and autotune on, as the command line does.
 
 use burn::prelude::*;
 use qkv_backends::Backend;
@@ -36,6 +37,11 @@ macro_rules! against_flex {
             #[test]
             fn wgpu() {
                 ($body)(&device(Backend::Wgpu));
+            }
+            #[cfg(feature = "vulkan")]
+            #[test]
+            fn vulkan() {
+                ($body)(&device(Backend::Vulkan));
             }
         }
     };

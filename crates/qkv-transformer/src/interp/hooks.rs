@@ -201,7 +201,7 @@ impl FromStr for HookPoint {
     }
 }
 
-/// A kind of hook point: [`HookPoint`] for a [`Gpt`], [`Seq2SeqPoint`] for a
+/// A kind of hook point: [`HookPoint`] for a [`Gpt`], [`Seq2SeqPoint`](super::Seq2SeqPoint) for a
 /// [`Seq2Seq`](crate::Seq2Seq).
 pub trait Point: Copy + Ord + fmt::Display + fmt::Debug {
     /// The stack (`"blocks"`, `"encoder"`, `"decoder"`) and layer the point belongs to.
