@@ -208,24 +208,9 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     };
     let targets: Vec<Option<u32>> = ids[1..].iter().map(|&t| Some(t)).chain([None]).collect();
     let report = logit_lens_report(&model, &ids, &targets, 1)?;
-    let lens = LensSection {
-        tokens: labels.clone(),
-        stages: report.stages.clone(),
-        top: report
-            .top
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|t| (token_label(tokenizer.as_ref(), t[0].id), t[0].prob))
-                    .collect()
-            })
-            .collect(),
-        target: report
-            .target
-            .iter()
-            .map(|row| row.iter().map(|t| t.map(|(rank, p)| (p, rank))).collect())
-            .collect(),
-    };
+    let lens = LensSection::from_report(&report, labels.clone(), |id| {
+        token_label(tokenizer.as_ref(), id)
+    });
     let page = Page {
         title: title.clone(),
         views: vec![view],

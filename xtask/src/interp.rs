@@ -268,24 +268,9 @@ pub fn lens(args: LensArgs) -> Result<()> {
     save_png(&loaded.out, "lens.png", &heatmap)?;
     let page = Page {
         title: format!("qkv logit lens: {}", args.model.checkpoint.display()),
-        lens: Some(LensSection {
-            tokens: labels.clone(),
-            stages: report.stages.clone(),
-            top: report
-                .top
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|t| (label(&loaded, t[0].id), t[0].prob))
-                        .collect()
-                })
-                .collect(),
-            target: report
-                .target
-                .iter()
-                .map(|row| row.iter().map(|t| t.map(|(rank, p)| (p, rank))).collect())
-                .collect(),
-        }),
+        lens: Some(LensSection::from_report(&report, labels.clone(), |id| {
+            label(&loaded, id)
+        })),
         ..Page::default()
     };
     write(&loaded.out, "lens.html", page.html()?)?;

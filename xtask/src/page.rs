@@ -70,6 +70,30 @@ pub struct LensSection {
     pub target: Vec<Vec<Option<(f32, usize)>>>,
 }
 
+impl LensSection {
+    /// The section for a lens report of `tokens`, each top token's text given by `label`.
+    pub fn from_report(
+        report: &qkv_transformer::interp::LensReport,
+        tokens: Vec<String>,
+        label: impl Fn(u32) -> String,
+    ) -> Self {
+        Self {
+            tokens,
+            stages: report.stages.clone(),
+            top: report
+                .top
+                .iter()
+                .map(|row| row.iter().map(|t| (label(t[0].id), t[0].prob)).collect())
+                .collect(),
+            target: report
+                .target
+                .iter()
+                .map(|row| row.iter().map(|t| t.map(|(rank, p)| (p, rank))).collect())
+                .collect(),
+        }
+    }
+}
+
 /// The patching section.
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchSection {
