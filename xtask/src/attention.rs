@@ -73,22 +73,13 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     if args.ablate {
         return ablate(&args, &model, &device);
     }
-    let ids: Vec<u32> = match (&args.prompt_ids, &args.prompt, &tokenizer) {
-        (Some(ids), _, _) => ids.clone(),
-        (None, Some(text), Some(tok)) => tok.encode(text)?,
-        (None, Some(_), None) => bail!("this checkpoint has no tokenizer.json: give --prompt-ids"),
-        (None, None, _) => bail!("give a --prompt (or --prompt-ids)"),
-    };
-    if ids.is_empty() {
-        bail!("the prompt is empty");
-    }
-    if ids.len() > model.block_size {
-        bail!(
-            "the prompt has {} tokens; this model sees at most {} (its block size)",
-            ids.len(),
-            model.block_size
-        );
-    }
+    let ids = crate::interp::prompt(
+        &model,
+        tokenizer.as_ref(),
+        args.prompt.as_deref(),
+        args.prompt_ids.as_deref(),
+        "prompt",
+    )?;
     // Every layer's and head's probabilities are kept, [T, T] each, in the model and again
     // in the page and the JSON.
     let heads = model.blocks.first().map_or(0, |b| b.attn.n_heads);
@@ -98,12 +89,6 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         &format!("the attention maps of a {}-token prompt", ids.len()),
         "give a shorter prompt, or --layer and --head",
     )?;
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
-        bail!(
-            "token id {bad} is outside the vocabulary (vocab_size {})",
-            model.vocab_size
-        );
-    }
     let labels: Vec<String> = ids
         .iter()
         .map(|&id| token_label(tokenizer.as_ref(), id))
@@ -291,14 +276,15 @@ fn write_head_dump(
     Ok(())
 }
 
-fn token_label(tokenizer: Option<&Tokenizer>, id: u32) -> String {
+/// A token's text, or `#id` without a tokenizer.
+pub(crate) fn token_label(tokenizer: Option<&Tokenizer>, id: u32) -> String {
     tokenizer
         .and_then(|t| t.decode(&[id]).ok())
         .unwrap_or_else(|| format!("#{id}"))
 }
 
 /// A label for the heatmap axes: visible whitespace, at most 6 characters.
-fn short(label: &str) -> String {
+pub(crate) fn short(label: &str) -> String {
     let shown = label.replace('\n', "\\n").replace(' ', "_");
     shown.chars().take(6).collect()
 }

@@ -12,6 +12,7 @@ use qkv_plot::Heatmap;
 use qkv_transformer::Gpt;
 use qkv_transformer::interp::{activation_patching, direct_logit_attribution, logit_lens_report};
 
+use crate::attention::{short, token_label};
 use crate::page::{LensSection, Page, PatchSection};
 use crate::sample::load_model;
 
@@ -124,14 +125,16 @@ fn load(args: &ModelArgs, command: &str) -> Result<Loaded> {
     })
 }
 
-/// The prompt's token ids from `--<flag>` or `--<flag>-ids`, checked against the model.
-fn prompt(
-    loaded: &Loaded,
+/// The prompt's token ids from `--<flag>` or `--<flag>-ids`, checked against the model: not
+/// empty, within its block size and its vocabulary. `attention` takes its prompt this way too.
+pub(crate) fn prompt(
+    model: &Gpt,
+    tokenizer: Option<&Tokenizer>,
     text: Option<&str>,
     ids: Option<&[u32]>,
     flag: &str,
 ) -> Result<Vec<u32>> {
-    let ids = match (ids, text, &loaded.tokenizer) {
+    let ids = match (ids, text, tokenizer) {
         (Some(ids), _, _) => ids.to_vec(),
         (None, Some(text), Some(tok)) => tok.encode(text)?,
         (None, Some(_), None) => bail!("this checkpoint has no tokenizer.json: give --{flag}-ids"),
@@ -140,17 +143,17 @@ fn prompt(
     if ids.is_empty() {
         bail!("--{flag} is empty");
     }
-    if ids.len() > loaded.model.block_size {
+    if ids.len() > model.block_size {
         bail!(
             "--{flag} has {} tokens; this model sees at most {} (its block size)",
             ids.len(),
-            loaded.model.block_size
+            model.block_size
         );
     }
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= loaded.model.vocab_size) {
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
         bail!(
             "--{flag}: token id {bad} is outside the vocabulary (vocab_size {})",
-            loaded.model.vocab_size
+            model.vocab_size
         );
     }
     Ok(ids)
@@ -184,17 +187,7 @@ fn one_token(loaded: &Loaded, spec: &str, flag: &str) -> Result<u32> {
 }
 
 fn label(loaded: &Loaded, id: u32) -> String {
-    loaded
-        .tokenizer
-        .as_ref()
-        .and_then(|t| t.decode(&[id]).ok())
-        .unwrap_or_else(|| format!("#{id}"))
-        .replace('\n', "\\n")
-}
-
-/// An axis label: visible spaces, at most 6 characters.
-fn short(label: &str) -> String {
-    label.replace(' ', "_").chars().take(6).collect()
+    token_label(loaded.tokenizer.as_ref(), id).replace('\n', "\\n")
 }
 
 fn write(out: &Path, name: &str, bytes: impl AsRef<[u8]>) -> Result<()> {
@@ -215,7 +208,8 @@ fn save_png(out: &Path, name: &str, heatmap: &Heatmap) -> Result<()> {
 pub fn lens(args: LensArgs) -> Result<()> {
     let loaded = load(&args.model, "lens")?;
     let ids = prompt(
-        &loaded,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
         args.prompt.as_deref(),
         args.prompt_ids.as_deref(),
         "prompt",
@@ -287,13 +281,15 @@ pub fn lens(args: LensArgs) -> Result<()> {
 pub fn patch(args: PatchArgs) -> Result<()> {
     let loaded = load(&args.model, "patch")?;
     let clean = prompt(
-        &loaded,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
         args.clean.as_deref(),
         args.clean_ids.as_deref(),
         "clean",
     )?;
     let corrupted = prompt(
-        &loaded,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
         args.corrupted.as_deref(),
         args.corrupted_ids.as_deref(),
         "corrupted",
@@ -406,7 +402,8 @@ pub fn patch(args: PatchArgs) -> Result<()> {
 pub fn attribute(args: AttributeArgs) -> Result<()> {
     let loaded = load(&args.model, "attribute")?;
     let ids = prompt(
-        &loaded,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
         args.prompt.as_deref(),
         args.prompt_ids.as_deref(),
         "prompt",

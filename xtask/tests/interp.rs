@@ -7,11 +7,7 @@ use std::path::Path;
 use qkv_test_support::temp_dir;
 
 mod common;
-use common::{tiny_recall, xtask};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{text, tiny_recall, xtask};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

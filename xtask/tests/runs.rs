@@ -9,11 +9,7 @@ use std::time::Duration;
 use qkv_test_support::temp_dir;
 
 mod common;
-use common::{tiny_recall, xtask};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{text, tiny_recall, xtask};
 
 fn metric_steps(dir: &Path) -> Vec<usize> {
     qkv_trainer::metrics::read(&dir.join("metrics.jsonl"))

@@ -16,6 +16,11 @@ pub fn xtask_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("running xtask")
 }
 
+/// Output bytes as text (invalid UTF-8 replaced).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Runs the `xtask` binary with `args`, and waits for it.
 pub fn xtask(args: &[&str]) -> Output {
     xtask_env(args, &[])

@@ -12,7 +12,7 @@
 use burn::prelude::*;
 use serde::Serialize;
 
-use super::{HookPoint, model_device, prompt_tensor};
+use super::{HookPoint, check_vocab, model_device, prompt_tensor};
 use crate::error::ModelError;
 use crate::gpt::Gpt;
 
@@ -67,12 +67,7 @@ pub fn direct_logit_attribution(
             prompt.len()
         )));
     }
-    if token as usize >= model.vocab_size {
-        return Err(ModelError::InvalidInput(format!(
-            "token {token} is outside the vocabulary (vocab_size {})",
-            model.vocab_size
-        )));
-    }
+    check_vocab(model, token, "token")?;
     let device = model_device(model);
     let tokens = prompt_tensor(model, prompt, &device)?;
     let n_layers = model.n_layers();

@@ -4,7 +4,7 @@
 use burn::prelude::*;
 use serde::Serialize;
 
-use super::{HookPoint, model_device, prompt_tensor};
+use super::{HookPoint, check_vocab, model_device, prompt_tensor};
 use crate::error::ModelError;
 use crate::gpt::Gpt;
 
@@ -68,15 +68,8 @@ pub fn logit_lens_report(
             prompt.len()
         )));
     }
-    if let Some(bad) = targets
-        .iter()
-        .flatten()
-        .find(|&&t| t as usize >= model.vocab_size)
-    {
-        return Err(ModelError::InvalidInput(format!(
-            "target token {bad} is outside the vocabulary (vocab_size {})",
-            model.vocab_size
-        )));
+    for &target in targets.iter().flatten() {
+        check_vocab(model, target, "target token")?;
     }
     let tokens = prompt_tensor(model, prompt, &model_device(model))?;
     let stages = logit_lens(model, tokens)?;

@@ -13,6 +13,7 @@
 //!   each head, each attention bias and each MLP write towards it.
 
 mod attribution;
+mod gpt;
 mod hooks;
 mod lens;
 mod patch;
@@ -35,17 +36,25 @@ pub(crate) fn prompt_tensor(
     ids: &[u32],
     device: &Device,
 ) -> Result<Tensor<2, Int>, ModelError> {
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.vocab_size) {
-        return Err(ModelError::InvalidInput(format!(
-            "token id {bad} is outside the vocabulary (vocab_size {})",
-            model.vocab_size
-        )));
+    for &id in ids {
+        check_vocab(model, id, "token id")?;
     }
     let data = TensorData::new(
         ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
         [1, ids.len()],
     );
     Ok(Tensor::from_data(data, device))
+}
+
+/// Errors unless `id` is in the model's vocabulary; `what` names it in the message.
+pub(crate) fn check_vocab(model: &Gpt, id: u32, what: &str) -> Result<(), ModelError> {
+    if (id as usize) < model.vocab_size {
+        return Ok(());
+    }
+    Err(ModelError::InvalidInput(format!(
+        "{what} {id} is outside the vocabulary (vocab_size {})",
+        model.vocab_size
+    )))
 }
 
 /// The model's device (that of its token embedding).

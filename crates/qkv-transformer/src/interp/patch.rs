@@ -11,7 +11,7 @@
 use burn::prelude::*;
 use serde::Serialize;
 
-use super::{ActivationCache, HookPoint, Hooks, model_device, prompt_tensor};
+use super::{ActivationCache, HookPoint, Hooks, check_vocab, model_device, prompt_tensor};
 use crate::error::ModelError;
 use crate::gpt::Gpt;
 
@@ -187,14 +187,8 @@ pub fn activation_patching(
             corrupted.len()
         )));
     }
-    for (what, id) in [("answer", answer), ("wrong", wrong)] {
-        if id as usize >= model.vocab_size {
-            return Err(ModelError::InvalidInput(format!(
-                "the {what} token {id} is outside the vocabulary (vocab_size {})",
-                model.vocab_size
-            )));
-        }
-    }
+    check_vocab(model, answer, "the answer token")?;
+    check_vocab(model, wrong, "the wrong token")?;
     if answer == wrong {
         return Err(ModelError::InvalidInput(
             "the answer and the wrong token are the same: their logit difference is always 0"
