@@ -80,6 +80,18 @@ pub enum DataError {
         /// The file name expected in that directory.
         file_name: String,
     },
+    /// A Hugging Face Hub file could not be had.
+    #[error("{repo} (revision {revision}), {file}: {reason}")]
+    Hub {
+        /// The repository id.
+        repo: String,
+        /// The branch, tag or commit.
+        revision: String,
+        /// The file in the repository.
+        file: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
     /// A tokenizer file or training problem.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -9,6 +9,8 @@
 //! * [`TextDataset`]: a token stream split 90/10 into train and validation (as nanoGPT does),
 //!   batched as random windows.
 //! * [`fetch`]: a checksum-verified download with a cache, and [`tiny_shakespeare`] on top of it.
+//! * [`hub`]: files of Hugging Face Hub repositories in the Hugging Face cache, resumable,
+//!   verified, offline-capable.
 //! * [`recall`]: the associative-recall task, generated from a seed.
 //! * [`TokenBatch`]: what every source hands the trainer; targets equal to [`IGNORE`] carry
 //!   no loss.
@@ -18,6 +20,7 @@
 mod dataset;
 mod error;
 pub mod fetch;
+pub mod hub;
 pub mod recall;
 mod tokenizer;
 pub mod translate;
@@ -25,6 +28,7 @@ pub mod translate;
 pub use dataset::{Split, TextDataset, TokenBatch, read_text};
 pub use error::DataError;
 pub use fetch::{DataSource, TINY_SHAKESPEARE, tiny_shakespeare};
+pub use hub::{Hub, HubRepo};
 pub use recall::RecallTask;
 pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer, WordTokenizer};
 pub use translate::{TranslateError, TranslationBatch, TranslationTask, TranslationVocab};

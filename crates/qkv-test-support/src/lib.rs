@@ -6,6 +6,8 @@
 
 use burn::prelude::*;
 
+pub mod hub;
+
 /// Expands to one `#[test]` per CPU backend (flex and ndarray) that calls `$body(&device)`.
 ///
 /// ```text
