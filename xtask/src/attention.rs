@@ -14,15 +14,15 @@ use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
 
 use crate::page::{AttentionView, LensSection, Page};
 
+use crate::model::ModelSource;
 use crate::sample::{load_model, load_run_data};
 use qkv_backends::Backend;
 
 /// Options of `cargo xtask attention`.
 #[derive(Debug, Args)]
 pub struct AttentionArgs {
-    /// A run directory or a Hugging Face GPT-2 directory.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
     /// The text whose attention to show (at most the model's block size in tokens).
     #[arg(long)]
     prompt: Option<String>,
@@ -36,7 +36,7 @@ pub struct AttentionArgs {
     #[arg(long)]
     head: Option<usize>,
     /// Where to write `attention.png`, `attention.html`, `attention.json` (default
-    /// `<checkpoint>/attention`).
+    /// `<checkpoint>/attention`, or `runs/hub--<model>/attention`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Instead: zero one head at a time and print the change in validation loss.
@@ -52,7 +52,8 @@ pub struct AttentionArgs {
 
 /// Runs `cargo xtask attention`.
 pub fn run(args: AttentionArgs) -> Result<()> {
-    if crate::translate::is_translation_run(&args.checkpoint) {
+    let dir = args.source.dir()?;
+    if crate::translate::is_translation_run(&dir) {
         if args.ablate || args.prompt_ids.is_some() || args.layer.is_some() || args.head.is_some() {
             bail!("on a translation run, attention takes --prompt TEXT (and --out) only");
         }
@@ -62,16 +63,21 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         let out = args
             .out
             .clone()
-            .unwrap_or_else(|| args.checkpoint.join("attention"));
-        return crate::translate::cross_attention(&args.checkpoint, text, &out, args.backend);
+            .unwrap_or_else(|| args.source.default_out("attention"));
+        return crate::translate::cross_attention(&dir, text, &out, args.backend);
     }
     if args.ablate && args.ablate_batches == 0 {
         bail!("--ablate-batches must be at least 1: the loss of no batches is not a number");
     }
     let device = args.backend.check()?;
-    let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
+    if args.ablate && !args.source.is_local() {
+        bail!(
+            "--ablate measures the loss on a qkv run's validation data: give --checkpoint runs/NAME"
+        );
+    }
+    let (model, tokenizer) = load_model(&dir, &device)?;
     if args.ablate {
-        return ablate(&args, &model, &device);
+        return ablate(&args, &dir, &model, &device);
     }
     let ids = crate::interp::prompt(
         &model,
@@ -137,7 +143,7 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| args.checkpoint.join("attention"));
+        .unwrap_or_else(|| args.source.default_out("attention"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let keep =
         |l: usize, h: usize| args.layer.is_none_or(|x| x == l) && args.head.is_none_or(|x| x == h);
@@ -165,7 +171,7 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         .render()
         .save(&out.join("attention.png"))
         .context("writing attention.png")?;
-    let title = format!("qkv attention: {}", args.checkpoint.display());
+    let title = format!("qkv attention: {}", args.source.label());
     let shown = |l: &usize| args.layer.is_none_or(|x| x == *l);
     let first_layer = args.layer.unwrap_or(0);
     let d_head = model.blocks.first().map_or(0, |b| b.attn.d_head());
@@ -290,8 +296,8 @@ pub(crate) fn short(label: &str) -> String {
 }
 
 /// Zeroes each head in turn and prints the change in validation loss.
-fn ablate(args: &AttentionArgs, model: &Gpt, device: &Device) -> Result<()> {
-    let (config, source) = load_run_data(&args.checkpoint, "--ablate")?;
+fn ablate(args: &AttentionArgs, dir: &Path, model: &Gpt, device: &Device) -> Result<()> {
+    let (config, source) = load_run_data(dir, "--ablate")?;
     let batches: Vec<_> = {
         let mut rng = SplitMix64::new(0xab1a7e);
         (0..args.ablate_batches)

@@ -13,19 +13,20 @@ use qkv_transformer::Gpt;
 use qkv_transformer::interp::{activation_patching, direct_logit_attribution, logit_lens_report};
 
 use crate::attention::{short, token_label};
+use crate::model::ModelSource;
 use crate::page::{LensSection, Page, PatchSection};
 use crate::sample::load_model;
 
 /// The model and prompt options every inspection command takes.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A run directory or a Hugging Face GPT-2 directory.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
     /// Where to compute: flex, ndarray or wgpu.
     #[arg(long, default_value = "flex")]
     backend: Backend,
-    /// Where to write the PNG and JSON files (default `<checkpoint>/<command>`).
+    /// Where to write the PNG and JSON files (default `<checkpoint>/<command>`, or
+    /// `runs/hub--<model>/<command>`).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -106,18 +107,19 @@ struct Loaded {
 }
 
 fn load(args: &ModelArgs, command: &str) -> Result<Loaded> {
-    if crate::translate::is_translation_run(&args.checkpoint) {
+    let dir = args.source.dir()?;
+    if crate::translate::is_translation_run(&dir) {
         bail!(
             "{command} reads GPT models; {} is a translation run (see `attention` for its cross-attention)",
-            args.checkpoint.display()
+            dir.display()
         );
     }
     let device = args.backend.check()?;
-    let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
+    let (model, tokenizer) = load_model(&dir, &device)?;
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| args.checkpoint.join(command));
+        .unwrap_or_else(|| args.source.default_out(command));
     Ok(Loaded {
         model,
         tokenizer,
@@ -261,7 +263,7 @@ pub fn lens(args: LensArgs) -> Result<()> {
     };
     save_png(&loaded.out, "lens.png", &heatmap)?;
     let page = Page {
-        title: format!("qkv logit lens: {}", args.model.checkpoint.display()),
+        title: format!("qkv logit lens: {}", args.model.source.label()),
         lens: Some(LensSection::from_report(&report, labels.clone(), |id| {
             label(&loaded, id)
         })),
@@ -369,10 +371,7 @@ pub fn patch(args: PatchArgs) -> Result<()> {
     };
     save_png(&loaded.out, "patch-positions.png", &stream)?;
     let page = Page {
-        title: format!(
-            "qkv activation patching: {}",
-            args.model.checkpoint.display()
-        ),
+        title: format!("qkv activation patching: {}", args.model.source.label()),
         patch: Some(PatchSection {
             tokens: labels.clone(),
             metric: format!(

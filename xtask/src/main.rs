@@ -3,7 +3,9 @@
 //! * `train`: train a model (the default: associative recall, offline, about 35 s on 2
 //!   cores; `--preset shakespeare-char` for nanoGPT's character-level Shakespeare;
 //!   `--task translate` for the encoder–decoder).
-//! * `sample`: generate text from a run directory or a Hugging Face GPT-2 directory.
+//! * `sample`: generate text from a run directory, a Hugging Face GPT-2 directory, or a
+//!   GPT-2 on the Hub (`--model gpt2`, downloaded into the Hugging Face cache).
+//! * `summarize`: summarise a text file with GPT-2's "TL;DR:" recipe.
 //! * `attention`: attention maps (PNG, HTML, JSON) for a prompt, or head ablation.
 //! * `lens`, `patch`, `attribute`: the logit lens, activation patching and direct logit
 //!   attribution of a GPT.
@@ -17,8 +19,10 @@ mod attention;
 mod bench;
 mod eval;
 mod interp;
+mod model;
 mod page;
 mod sample;
+mod summarize;
 mod train;
 mod translate;
 
@@ -84,8 +88,10 @@ struct Cli {
 enum Command {
     /// Train a model (default: the built-in associative-recall task).
     Train(Box<train::TrainArgs>),
-    /// Generate tokens from a trained model or a Hugging Face GPT-2 directory.
+    /// Generate text from a trained model, a Hugging Face GPT-2 directory or a GPT-2 on the Hub.
     Sample(sample::SampleArgs),
+    /// Summarise a text file (GPT-2's zero-shot "TL;DR:" recipe).
+    Summarize(summarize::SummarizeArgs),
     /// Show what each attention head looks at, or ablate heads one at a time.
     Attention(attention::AttentionArgs),
     /// The logit lens: each layer's residual stream read as next-token predictions.
@@ -108,6 +114,7 @@ fn main() {
     let result: Result<()> = on_rayon_worker(move || match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
+        Command::Summarize(args) => summarize::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Lens(args) => interp::lens(args),

@@ -1,23 +1,26 @@
-//! `cargo xtask sample`: generation from a qkv run or a Hugging Face GPT-2 directory.
+//! `cargo xtask sample`: generation from a qkv run, a Hugging Face GPT-2 directory or a
+//! GPT-2 on the Hub, streamed as text with stop strings and a time limit.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
-use qkv_data::Tokenizer;
+use qkv_data::{TextStream, Tokenizer};
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, Sampling};
 
 use qkv_backends::Backend;
 
+use crate::model::ModelSource;
+
 /// Options of `cargo xtask sample`.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// A run directory (`runs/NAME`) or a Hugging Face GPT-2 directory (`config.json`,
-    /// `model.safetensors`, optionally `tokenizer.json`).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -45,6 +48,14 @@ pub struct SampleArgs {
     /// Stop after any of these token ids.
     #[arg(long, value_delimiter = ',')]
     stop_ids: Vec<u32>,
+    /// Stop where the output first contains this text, which is not printed; repeatable.
+    /// `\n`, `\t` and `\\` stand for a newline, a tab and a backslash:
+    /// `--stop '\n\n' --stop "THE END"`.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Stop after this many seconds of generation (the prompt's encoding included).
+    #[arg(long)]
+    max_time: Option<f64>,
     /// Print token ids instead of text.
     #[arg(long)]
     print_ids: bool,
@@ -106,10 +117,45 @@ pub fn load_run_data(
     Ok((config, source))
 }
 
+/// `\n`, `\t` and `\\` in a command-line string as a newline, a tab and a backslash;
+/// any other backslash stays as it is.
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('n')) => {
+                out.push('\n');
+                chars.next();
+            }
+            ('\\', Some('t')) => {
+                out.push('\t');
+                chars.next();
+            }
+            ('\\', Some('\\')) => {
+                out.push('\\');
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A `--max-time` in seconds as a duration, refusing what is not a positive number.
+pub fn max_time(seconds: Option<f64>) -> Result<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => bail!("--max-time {s} is not a positive number of seconds"),
+    }
+}
+
 /// Runs `cargo xtask sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = args.backend.check()?;
-    let (model, tokenizer) = load_model(&args.checkpoint, &device)?;
+    let limit = max_time(args.max_time)?;
+    let (model, tokenizer) = load_model(&args.source.dir()?, &device)?;
     let prompt: Vec<u32> = match (&args.prompt_ids, &args.prompt, &tokenizer) {
         (Some(ids), _, _) => ids.clone(),
         (None, Some(text), Some(tokenizer)) => tokenizer.encode(text)?,
@@ -140,20 +186,74 @@ pub fn run(args: SampleArgs) -> Result<()> {
         record_attention: false,
     };
     let print_ids = args.print_ids || tokenizer.is_none();
+    if print_ids && !args.stop.is_empty() {
+        bail!(
+            "--stop works on text; with {} the output is token ids: use --stop-ids",
+            if args.print_ids {
+                "--print-ids"
+            } else {
+                "no tokenizer.json"
+            }
+        );
+    }
     let mut stdout = std::io::stdout();
     if !print_ids && let (Some(tok), Some(_)) = (&tokenizer, &args.prompt) {
         write!(stdout, "{}", tok.decode(&prompt)?)?;
     }
+    let mut stream = match (&tokenizer, print_ids) {
+        (Some(tok), false) => {
+            let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
+            Some(TextStream::new(tok, &stops))
+        }
+        _ => None,
+    };
+    let started = Instant::now();
     let mut first = true;
-    model.generate(&[prompt], &config, |_, token| {
-        if print_ids {
+    let mut failure = None;
+    model.generate_with(&[prompt], &config, |_, token| {
+        let mut flow = ControlFlow::Continue(());
+        if let Some(stream) = &mut stream {
+            match stream.push(token) {
+                Ok(piece) => {
+                    let _ = write!(stdout, "{}", piece.text);
+                    if piece.stopped {
+                        flow = ControlFlow::Break(());
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    flow = ControlFlow::Break(());
+                }
+            }
+        } else {
             let _ = write!(stdout, "{}{token}", if first { "" } else { "," });
-        } else if let Some(tok) = &tokenizer {
-            let _ = write!(stdout, "{}", tok.decode(&[token]).unwrap_or_default());
         }
         first = false;
         let _ = stdout.flush();
+        if limit.is_some_and(|limit| started.elapsed() >= limit) {
+            flow = ControlFlow::Break(());
+        }
+        flow
     })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if let Some(stream) = &mut stream {
+        write!(stdout, "{}", stream.finish()?)?;
+    }
     writeln!(stdout)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn stop_strings_take_newline_tab_and_backslash_escapes() {
+        assert_eq!(unescape(r"\n\n"), "\n\n");
+        assert_eq!(unescape(r"a\tb\\n"), "a\tb\\n");
+        assert_eq!(unescape(r"C:\dir"), r"C:\dir");
+        assert_eq!(unescape("plain"), "plain");
+    }
 }

@@ -6,6 +6,8 @@
 //!
 //! * [`Tokenizer`]: text ↔ token ids, a [character](CharTokenizer) vocabulary built from the
 //!   corpus or a byte-level BPE trained with the `tokenizers` crate; saved as JSON beside a run.
+//! * [`TextStream`]: generated tokens to text as they arrive, whole characters only, cut at
+//!   stop strings.
 //! * [`TextDataset`]: a token stream split 90/10 into train and validation (as nanoGPT does),
 //!   batched as random windows.
 //! * [`fetch`]: a checksum-verified download with a cache, and [`tiny_shakespeare`] on top of it.
@@ -22,6 +24,7 @@ mod error;
 pub mod fetch;
 pub mod hub;
 pub mod recall;
+mod stream;
 mod tokenizer;
 pub mod translate;
 
@@ -30,6 +33,7 @@ pub use error::DataError;
 pub use fetch::{DataSource, TINY_SHAKESPEARE, tiny_shakespeare};
 pub use hub::{Hub, HubRepo};
 pub use recall::RecallTask;
+pub use stream::{Piece, TextStream};
 pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer, WordTokenizer};
 pub use translate::{TranslateError, TranslationBatch, TranslationTask, TranslationVocab};
 

@@ -1,5 +1,7 @@
 //! Text generation: prompts in, tokens out, one at a time, through the KV cache.
 
+use std::ops::ControlFlow;
+
 use burn::prelude::*;
 use qkv_attention::KvCache;
 
@@ -74,6 +76,21 @@ impl Gpt {
         config: &GenerationConfig,
         mut on_token: impl FnMut(usize, u32),
     ) -> Result<Generation, ModelError> {
+        self.generate_with(prompts, config, |prompt, token| {
+            on_token(prompt, token);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`generate`](Self::generate), where `on_token` also decides whether its prompt goes
+    /// on: `ControlFlow::Break(())` ends that prompt's generation after this token (a stop
+    /// string, a time limit), as a stop token would. The token is kept in the result.
+    pub fn generate_with(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+    ) -> Result<Generation, ModelError> {
         config
             .sampling
             .validate()
@@ -139,7 +156,7 @@ impl Gpt {
         mut contexts: Vec<Vec<u32>>,
         config: &GenerationConfig,
         rng: &mut SplitMix64,
-        mut on_token: impl FnMut(usize, u32),
+        mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
     ) -> Result<Generation, ModelError> {
         let batch = contexts.len();
         let device = self.token_embedding.weight.val().device();
@@ -207,8 +224,8 @@ impl Gpt {
                         };
                         out_attention[row].push(step_attention.iter().map(per_row).collect());
                     }
-                    on_token(row, token);
-                    done[row] = config.stop_tokens.contains(&token);
+                    let broke = on_token(row, token).is_break();
+                    done[row] = broke || config.stop_tokens.contains(&token);
                 }
             }
             if done.iter().all(|&d| d) {

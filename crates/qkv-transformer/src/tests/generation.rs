@@ -136,6 +136,30 @@ test_on_cpu_backends!(stop_tokens_and_seeds, |device: &Device| {
     assert_ne!(sampled(11), sampled(12));
 });
 
+test_on_cpu_backends!(the_callback_stops_its_own_prompt, |device: &Device| {
+    use std::ops::ControlFlow;
+    let model = model(PositionalEncoding::Learned, device);
+    let prompts = [vec![1, 2], vec![3, 4], vec![5, 6, 7]];
+    let config = GenerationConfig::greedy(8);
+    let free = model.generate(&prompts, &config, |_, _| {}).unwrap();
+    // Prompt 1 stops after its third token; the others, batched with it, run on.
+    let mut seen = [0usize; 3];
+    let cut = model
+        .generate_with(&prompts, &config, |prompt, _| {
+            seen[prompt] += 1;
+            if prompt == 1 && seen[prompt] == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(cut.tokens[1], free.tokens[1][..3].to_vec());
+    assert_eq!(cut.tokens[0], free.tokens[0]);
+    assert_eq!(cut.tokens[2], free.tokens[2]);
+    assert_eq!(seen, [8, 3, 8]);
+});
+
 test_on_cpu_backends!(bad_prompts_are_errors, |device: &Device| {
     let model = model(PositionalEncoding::Learned, device);
     let config = GenerationConfig::greedy(3);
