@@ -152,8 +152,13 @@ mod tests {
         let text = "It rained. Mr. Smith left at 3.30 p.m. today! Why? Because.";
         assert_eq!(first_sentences(text, 1), "It rained.");
         assert_eq!(first_sentences(text, 2), "It rained. Mr.");
+        // A naive splitter: "Mr." and "p.m." end sentences too; "3.30" does not.
         assert_eq!(
-            first_sentences(text, 4),
+            first_sentences(text, 3),
+            "It rained. Mr. Smith left at 3.30 p.m."
+        );
+        assert_eq!(
+            first_sentences(text, 5),
             "It rained. Mr. Smith left at 3.30 p.m. today! Why?"
         );
         assert_eq!(first_sentences(text, 9), text);
