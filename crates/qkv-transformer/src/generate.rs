@@ -184,13 +184,13 @@ impl Gpt {
                 let input = tokens_tensor(&rows, batch, window, &device, false);
                 caches = self.new_caches();
                 let cache_arg = config.use_cache.then_some(&mut caches[..]);
-                let out = self.forward_detailed(input, cache_arg, record)?;
+                let out = self.forward_last(input, cache_arg, record)?;
                 let probs = out
                     .attention
                     .into_iter()
                     .map(|p| p.slice(s![.., .., window - 1..window, ..]))
                     .collect();
-                (out.logits.slice(s![.., window - 1..window, ..]), probs)
+                (out.logits, probs)
             };
             // Per layer, [batch, n_heads, 1, context] -> per row, per layer, n_heads × context.
             let step_attention: Vec<Vec<f32>> = probs

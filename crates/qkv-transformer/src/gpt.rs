@@ -319,8 +319,35 @@ impl Gpt {
     pub fn forward_detailed(
         &self,
         tokens: Tensor<2, Int>,
+        caches: Option<&mut [KvCache]>,
+        record_attention: bool,
+    ) -> Result<GptOutput, ModelError> {
+        self.forward_with(tokens, caches, record_attention, false)
+    }
+
+    /// [`forward_detailed`](Self::forward_detailed) with the logits of the last position
+    /// only: what generation needs from a prompt, without the `[seq, vocab]` product of the
+    /// head (at GPT-2 size and 512 tokens, a third of the prompt's arithmetic).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`
+    /// - `logits`: `[batch, 1, vocab_size]`
+    /// - `attention[layer]`: `[batch, n_heads, seq, cache_len + seq]`
+    pub fn forward_last(
+        &self,
+        tokens: Tensor<2, Int>,
+        caches: Option<&mut [KvCache]>,
+        record_attention: bool,
+    ) -> Result<GptOutput, ModelError> {
+        self.forward_with(tokens, caches, record_attention, true)
+    }
+
+    fn forward_with(
+        &self,
+        tokens: Tensor<2, Int>,
         mut caches: Option<&mut [KvCache]>,
         record_attention: bool,
+        last_only: bool,
     ) -> Result<GptOutput, ModelError> {
         let start = match &caches {
             Some(caches) => {
@@ -343,6 +370,12 @@ impl Gpt {
             let (next, probs) = block.forward_detailed(x, cache, record_attention)?;
             x = next;
             attention.extend(probs);
+        }
+        if last_only {
+            let [batch, seq, d_model] = x.dims();
+            x = x
+                .slice(s![.., seq - 1..seq, ..])
+                .reshape([batch, 1, d_model]);
         }
         Ok(GptOutput {
             logits: self.logits(self.ln_f.forward(x)),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::{Activation, GptConfig};
 use crate::error::{ModelError, WeightsError};
 use crate::gpt::Gpt;
-use crate::weights::{HostTensors, read_safetensors};
+use crate::weights::{HostTensors, read_safetensors_file};
 
 /// The fields of a Hugging Face GPT-2 `config.json` that shape the model.
 #[derive(Debug, Deserialize)]
@@ -100,11 +100,7 @@ pub fn gpt2_config_from_hf(path: &Path) -> Result<GptConfig, WeightsError> {
 pub fn load_hf_gpt2(dir: &Path, device: &Device) -> Result<(Gpt, GptConfig), ModelError> {
     let config = gpt2_config_from_hf(&dir.join("config.json"))?;
     let weights_path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&weights_path).map_err(|source| WeightsError::Io {
-        path: weights_path.display().to_string(),
-        source,
-    })?;
-    let hf = read_safetensors(&bytes, &weights_path)?;
+    let hf = read_safetensors_file(&weights_path)?;
     let ours = rename_hf_gpt2(hf, &config, &weights_path)?;
     let model = config.try_init(device)?.load_named(ours, &weights_path)?;
     Ok((model, config))

@@ -89,8 +89,7 @@ impl Gpt {
     /// (whose config must match): every tensor must be present with the right shape, and the
     /// file must hold no others.
     pub fn load_safetensors(self, path: &Path) -> Result<Self, WeightsError> {
-        let bytes = std::fs::read(path).map_err(|source| io_error(path, source))?;
-        let tensors = read_safetensors(&bytes, path)?;
+        let tensors = read_safetensors_file(path)?;
         self.load_named(tensors, path)
     }
 
@@ -134,6 +133,103 @@ pub fn read_safetensors(bytes: &[u8], path: &Path) -> Result<HostTensors, Weight
             }
         };
         out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+/// [`read_safetensors`] from a file, one tensor at a time: the file is never held in memory
+/// whole, so loading needs the converted tensors' memory and no second copy (a GPT-2's
+/// 500 MB are read as 500 MB, not 1 GB). Every size is checked against the file's length
+/// before anything is allocated.
+pub fn read_safetensors_file(path: &Path) -> Result<HostTensors, WeightsError> {
+    use std::io::{Read, Seek, SeekFrom};
+    /// The safetensors crate's own limit on the JSON header.
+    const MAX_HEADER: u64 = 100_000_000;
+    let shown = path.display().to_string();
+    let bad = |reason: String| WeightsError::NotSafetensors {
+        path: shown.clone(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad("shorter than the 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_HEADER || n > len - 8 {
+        return Err(bad(format!(
+            "a header of {n} bytes in a file of {len} bytes (at most {MAX_HEADER})"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| io_error(path, e))?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let data_start = 8 + n;
+    let data_len = len - data_start;
+    let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        metadata.tensors().into_iter().collect();
+    infos.sort_by_key(|(_, info)| info.data_offsets.0);
+    let mut out = BTreeMap::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    for (name, info) in infos {
+        let element = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(WeightsError::UnsupportedDtype {
+                    name,
+                    dtype: format!("{other:?}"),
+                    path: shown,
+                });
+            }
+        };
+        let count = info
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("{name}: shape {:?} overflows", info.shape)))?;
+        let (start, end) = info.data_offsets;
+        let fits = count
+            .checked_mul(element)
+            .is_some_and(|bytes| end.checked_sub(start) == Some(bytes))
+            && end as u64 <= data_len;
+        if !fits {
+            return Err(bad(format!(
+                "{name}: shape {:?} and offsets {start}..{end} disagree, or pass the end of the data ({data_len} bytes)",
+                info.shape
+            )));
+        }
+        file.seek(SeekFrom::Start(data_start + start as u64))
+            .map_err(|e| io_error(path, e))?;
+        let mut values = Vec::with_capacity(count);
+        let mut left = end - start;
+        while left > 0 {
+            let chunk = left.min(buffer.len());
+            file.read_exact(&mut buffer[..chunk])
+                .map_err(|e| io_error(path, e))?;
+            let bytes = &buffer[..chunk];
+            match info.dtype {
+                Dtype::F32 => values.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                Dtype::F16 => values.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                _ => values.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+            }
+            left -= chunk;
+        }
+        out.insert(name, (info.shape.clone(), values));
     }
     Ok(out)
 }
@@ -325,7 +421,9 @@ pub fn load_module_tensors<M: Module>(
     }
     impl NamedMapper for Load {
         fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let expected = param.val().dims().to_vec();
+            // The shape without initialising the parameter: a model built to be loaded
+            // never draws its random initial values.
+            let expected = param.lazy_shape().to_vec();
             match self.tensors.remove(name) {
                 None => {
                     self.error.get_or_insert(WeightsError::Missing {
@@ -344,12 +442,14 @@ pub fn load_module_tensors<M: Module>(
                     });
                     param
                 }
-                Some((shape, values)) => param.map(|p| {
-                    let device = p.device();
-                    let tracked = p.is_require_grad();
-                    let t = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
-                    if tracked { t.require_grad() } else { t }
-                }),
+                Some((shape, values)) => {
+                    let t = Tensor::<D>::from_data(
+                        TensorData::new(values, shape),
+                        &param.lazy_device(),
+                    );
+                    let id = param.id;
+                    param.transform_for_load(t, id)
+                }
             }
         }
     }

@@ -236,6 +236,20 @@ fn checkpoint_files_load_to_a_value_or_a_named_error() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
+    // The streaming file reader, on the same variants: a value or an error, never a panic
+    // or an allocation the file cannot back; and the same tensors as the reader of bytes.
+    let file = std::env::temp_dir().join(format!("qkv-fuzz-st-{}.safetensors", std::process::id()));
+    fuzz("safetensors file", weights, |bytes| {
+        std::fs::write(&file, bytes).unwrap();
+        let streamed = qkv_transformer::weights::read_safetensors_file(&file);
+        let whole = read_safetensors(bytes, &file);
+        match (streamed, whole) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            (Ok(_), Ok(_)) => panic!("the two readers disagree"),
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(_), Err(e)) => Err(format!("only the reader of bytes refused: {e}")),
+        }
+    });
 }
 
 #[test]

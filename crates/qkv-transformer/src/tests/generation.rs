@@ -220,6 +220,24 @@ test_on_cpu_backends!(
     }
 );
 
+test_on_cpu_backends!(
+    forward_last_is_the_last_row_of_forward,
+    |device: &Device| {
+        let model = model(PositionalEncoding::Learned, device);
+        let x = Tensor::<2, Int>::from_data([[5, 9, 2, 30, 7, 1], [3, 3, 8, 0, 11, 2]], device);
+        let full = model.forward_detailed(x.clone(), None, false).unwrap();
+        let last = model.forward_last(x, None, false).unwrap();
+        assert_eq!(last.logits.dims(), [2, 1, 37]);
+        let want = qkv_test_support::values(full.logits.slice(s![.., 5..6, ..]));
+        assert_close(
+            &qkv_test_support::values(last.logits),
+            &want,
+            1e-6,
+            "last row",
+        );
+    }
+);
+
 test_on_cpu_backends!(recorder_does_not_change_the_output, |device: &Device| {
     let model = model(PositionalEncoding::Rotary { base: 100.0 }, device);
     let x = Tensor::<2, Int>::from_data([[5, 9, 2, 30, 7, 1]], device);
