@@ -8,8 +8,8 @@ saved in Hugging Face's layout so that qkv loads the very same file.
         --prompt-len 512 --new 256 --batch 1 [--repeat 3] [--json-out FILE]
 
 `run` measures, in one process: the load time (from_pretrained of the safetensors file),
-the prefill (one forward pass of the prompt building the key/value cache, under
-inference_mode), greedy generation of exactly `--new` tokens after the prompt with the cache
+the prefill (one forward pass of the prompt building the key/value cache, logits of
+the last position only, under inference_mode), greedy generation of exactly `--new` tokens after the prompt with the cache
 (model.generate, no end-of-text stop), and the process's peak resident memory. Decode
 tokens/s = batch * new / (generate - prefill). Medians over `--repeat` timed runs after one
 untimed warm-up. Time it on a quiet machine.
@@ -64,7 +64,7 @@ def run(args):
 
     def prefill():
         with torch.inference_mode():
-            model(ids, attention_mask=mask, use_cache=True)
+            model(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
 
     def generate():
         with torch.inference_mode():

@@ -36,6 +36,20 @@ pub struct BenchArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "runs/bench.json")]
     json: PathBuf,
+    /// Instead of the suite: GPT-2 at full size from this Hugging Face directory (make a
+    /// random one without a download: `python3 benches/pytorch/gpt2.py make --size small
+    /// --out DIR`), on the first of --backends, beside transformers with --with-pytorch.
+    #[arg(long)]
+    gpt2: Option<PathBuf>,
+    /// GPT-2: prompt tokens.
+    #[arg(long, default_value_t = 512)]
+    gpt2_prompt: usize,
+    /// GPT-2: new tokens per prompt.
+    #[arg(long, default_value_t = 256)]
+    gpt2_new: usize,
+    /// GPT-2: batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    gpt2_batches: Vec<usize>,
 }
 
 /// One row of the report: a workload's timings on each backend and on PyTorch.
@@ -48,6 +62,31 @@ struct Row {
 /// Runs `cargo xtask bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
     let backends = parse_list(&args.backends)?;
+    if let Some(dir) = &args.gpt2 {
+        if args.gpt2_batches.is_empty() || args.gpt2_batches.contains(&0) {
+            bail!("--gpt2-batches takes batch sizes of at least 1");
+        }
+        let machine = MachineInfo::detect();
+        let bench = crate::bench_gpt2::Gpt2Bench {
+            prompt_len: args.gpt2_prompt,
+            new_tokens: args.gpt2_new,
+            batches: args.gpt2_batches.clone(),
+            repeat: if args.quick { 1 } else { 3 },
+        };
+        let pytorch = args
+            .with_pytorch
+            .then_some((args.python.as_str(), machine.threads));
+        let result = crate::bench_gpt2::run(dir, backends[0], &bench, pytorch)?;
+        println!(
+            "\nMachine: {} ({}), {} logical CPUs, {} threads, {}",
+            machine.cpu, machine.simd, machine.logical_cpus, machine.threads, machine.os
+        );
+        let report = json!({
+            "machine": {"cpu": machine.cpu, "simd": machine.simd, "threads": machine.threads},
+            "gpt2": result,
+        });
+        return write_json(&args.json, &report);
+    }
     let filters: Vec<String> = args
         .only
         .as_deref()
@@ -134,25 +173,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "pytorch": r.pytorch.as_ref().map(stats_json),
         })).collect::<Vec<_>>(),
     });
-    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+    write_json(&args.json, &report)
+}
+
+fn write_json(path: &std::path::Path, report: &Value) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    eprintln!("results written to {}", args.json.display());
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("results written to {}", path.display());
     Ok(())
+}
+
+/// A script of `benches/pytorch/`: from the repository root (where `cargo xtask` runs),
+/// else beside this crate's sources.
+pub fn pytorch_script(name: &str) -> Result<PathBuf> {
+    [
+        PathBuf::from("benches/pytorch").join(name),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../benches/pytorch")
+            .join(name),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| {
+        format!("benches/pytorch/{name} not found: run cargo xtask bench from the qkv repository")
+    })
 }
 
 /// Runs the PyTorch peer on the same workloads and thread count; returns its JSON report.
 fn run_pytorch(args: &BenchArgs, workloads: &[Workload], threads: usize) -> Result<Value> {
-    // From the repository root (where `cargo xtask` runs), else beside this crate's sources.
-    let script = [
-        PathBuf::from("benches/pytorch/bench.py"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/pytorch/bench.py"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .context("benches/pytorch/bench.py not found: run cargo xtask bench from the qkv repository")?;
+    let script = pytorch_script("bench.py")?;
     let out = std::env::temp_dir().join(format!("qkv-bench-pytorch-{}.json", std::process::id()));
     let ids: Vec<String> = workloads.iter().map(Workload::id).collect();
     let mut cmd = Command::new(&args.python);

@@ -17,6 +17,7 @@
 
 mod attention;
 mod bench;
+mod bench_gpt2;
 mod eval;
 mod interp;
 mod model;

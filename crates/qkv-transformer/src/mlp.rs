@@ -88,12 +88,11 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * cdf
 }
 
-/// GELU's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, as GPT-2 uses.
+/// GELU's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, as GPT-2 uses:
+/// one fused kernel each way on Flex, tensor ops elsewhere
+/// (`qkv_tensor_ops::fused::gelu_tanh_explicit`, the oracle of the tests).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let sqrt_2_over_pi = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner =
-        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(sqrt_2_over_pi);
-    (x.clone() * (inner.tanh().add_scalar(1.0))).mul_scalar(0.5)
+    qkv_tensor_ops::fused::gelu_tanh(x)
 }
 
 #[cfg(test)]

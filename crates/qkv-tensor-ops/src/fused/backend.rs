@@ -42,6 +42,9 @@ pub trait FusedOps: Backend {
     /// Exact GELU, elementwise.
     fn qkv_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// GELU's tanh approximation (GPT-2's `gelu_new`), elementwise.
+    fn qkv_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// Inverted dropout with the counter-based mask of `seed`. Its own backward pass: the
     /// gradient goes through the same mask.
     fn qkv_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self>;
@@ -125,6 +128,9 @@ pub trait FusedBackward: Backend {
 
     /// GELU's backward pass from its input `x` and `dy`.
     fn qkv_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The tanh approximation's backward pass from its input `x` and `dy`.
+    fn qkv_gelu_tanh_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// [`FusedOps::qkv_flash_attention`] that also returns each query's log-sum-exp,
     /// `[batch, n_heads, seq_q]`, which its backward pass needs.
@@ -264,6 +270,11 @@ impl FusedOps for Flex {
         output(x.shape(), |out| kernels::gelu_forward(elems(&x), out))
     }
 
+    fn qkv_gelu_tanh(x: FlexTensor) -> FlexTensor {
+        let x = contiguous(x);
+        output(x.shape(), |out| kernels::gelu_tanh_forward(elems(&x), out))
+    }
+
     fn qkv_dropout(x: FlexTensor, prob: f64, seed: u64) -> FlexTensor {
         let x = contiguous(x);
         output(x.shape(), |out| {
@@ -321,6 +332,13 @@ impl FusedBackward for Flex {
         let (x, dy) = (contiguous(x), contiguous(dy));
         output(x.shape(), |dx| {
             kernels::gelu_backward(elems(&x), elems(&dy), dx)
+        })
+    }
+
+    fn qkv_gelu_tanh_backward(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let (x, dy) = (contiguous(x), contiguous(dy));
+        output(x.shape(), |dx| {
+            kernels::gelu_tanh_backward(elems(&x), elems(&dy), dx)
         })
     }
 
@@ -438,6 +456,22 @@ impl<B: FusedBackward> Backward<B, 1> for GeluNode {
     }
 }
 
+/// The tanh-approximated GELU's autodiff node: keeps its input.
+#[derive(Debug)]
+struct GeluTanhNode;
+
+impl<B: FusedBackward> Backward<B, 1> for GeluTanhNode {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::qkv_gelu_tanh_backward(ops.state, dy));
+        }
+    }
+}
+
 /// Dropout's autodiff node: keeps only the probability and the seed (the mask is recomputed).
 #[derive(Debug)]
 struct DropoutNode;
@@ -538,6 +572,21 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
                 prep.finish(x, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu(x)),
+        }
+    }
+
+    fn qkv_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = GeluTanhNode
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::qkv_gelu_tanh(x.clone());
+                prep.finish(x, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu_tanh(x)),
         }
     }
 

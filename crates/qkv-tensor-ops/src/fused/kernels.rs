@@ -164,6 +164,48 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         });
 }
 
+/// `√(2/π)`, and the cubic coefficient of GELU's tanh approximation.
+const GELU_TANH_C: f32 = 0.797_884_6;
+const GELU_TANH_A: f32 = 0.044_715;
+
+/// `tanh(u)` as `1 − 2/(e^{2u} + 1)`, with [`exp`]: absolute error about 1e-7, ±1 exactly
+/// far out (the clamp inside `exp` keeps it finite).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
+/// GELU's tanh approximation (GPT-2's `gelu_new`), elementwise:
+/// `out[i] = x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_tanh_forward(x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS))
+        .for_each(|(out, x)| {
+            simd(|| {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
+                    *o = 0.5 * x * (1.0 + t);
+                }
+            })
+        });
+}
+
+/// The tanh approximation's backward pass:
+/// `dx = dy · (½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²))`.
+pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
+        .for_each(|(dx, (x, dy))| {
+            simd(|| {
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
+                    let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
+                    *o = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                }
+            })
+        });
+}
+
 /// Chris Wellons' `lowbias32` integer hash: a bijection on `u32` with good avalanche, built
 /// from shifts, xors and 32-bit multiplies, all of which vectorise.
 #[inline(always)]

@@ -128,6 +128,29 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_gelu(x.into_dispatch()))
 }
 
+/// GELU's tanh approximation, `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))` (GPT-2's
+/// `gelu_new`, PyTorch's `gelu(approximate="tanh")`): one kernel forward and one backward on
+/// Flex, [`gelu_tanh_explicit`] elsewhere.
+///
+/// - `x`: any shape; returns the same shape
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !has_fused_kernels(&x.device(), x.dtype()) {
+        return gelu_tanh_explicit(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::qkv_gelu_tanh(x.into_dispatch()))
+}
+
+/// The tanh approximation with tensor ops (a cube, a tanh, products), differentiated by
+/// autodiff: the oracle for [`gelu_tanh`] and its path off Flex.
+///
+/// - `x`: any shape; returns the same shape
+pub fn gelu_tanh_explicit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let sqrt_2_over_pi = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner =
+        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(sqrt_2_over_pi);
+    (x.clone() * (inner.tanh().add_scalar(1.0))).mul_scalar(0.5)
+}
+
 /// Inverted dropout: each element is zeroed with probability `prob`, the rest are scaled by
 /// `1 / (1 - prob)`. Always active: callers decide whether they are training (see
 /// `qkv_attention::dropout`, which follows `burn::nn::Dropout`).

@@ -143,6 +143,22 @@ fn gelu_matches_explicit_values_and_gradients() {
 }
 
 #[test]
+fn gelu_tanh_matches_explicit_values_and_gradients() {
+    let device = flex_autodiff();
+    // Wide range: the tanh saturates on both sides, and the exp inside it clamps.
+    let x = random_tensor(&mut SeededRng::new(6), [7, 301], 12.0, &device);
+    check_parity(
+        "gelu_tanh",
+        [x],
+        |[x]| gelu_tanh(x),
+        |[x]| gelu_tanh_explicit(x),
+        // Both sides round in f32 (libm's tanhf and powf on the explicit one, an exp-based
+        // tanh here): 1.5e-6 of the largest gradient apart at most.
+        2e-6,
+    );
+}
+
+#[test]
 fn dropout_zeroes_or_scales_and_its_gradient_uses_the_same_mask() {
     let device = flex_autodiff();
     let prob = 0.25;
