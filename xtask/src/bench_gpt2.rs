@@ -41,8 +41,11 @@ impl Figures {
     fn prefill_tok_s(&self, prompt: usize) -> f64 {
         (self.batch * prompt) as f64 / self.prefill_s
     }
-    fn decode_tok_s(&self, new: usize) -> f64 {
-        (self.batch * new) as f64 / (self.generate_s - self.prefill_s).max(1e-9)
+    /// New tokens per second after the prompt: `batch · new / (generate − prefill)`; `None`
+    /// when timing noise leaves no decoding time to divide by.
+    fn decode_tok_s(&self, new: usize) -> Option<f64> {
+        let decoding = self.generate_s - self.prefill_s;
+        (decoding > 0.0).then(|| (self.batch * new) as f64 / decoding)
     }
 }
 
@@ -184,6 +187,8 @@ fn time_pytorch(
         .args(["--repeat", &bench.repeat.max(1).to_string()])
         .arg("--json-out")
         .arg(&out)
+        // Its JSON comes back through the file; its console copy would only interleave.
+        .stdout(std::process::Stdio::null())
         .status()
         .with_context(|| format!("could not start {python:?} for the PyTorch GPT-2 peer"))?;
     if !status.success() {
@@ -224,13 +229,14 @@ fn print_table(bench: &Gpt2Bench, backend: Backend, qkv: &[Figures], torch: &[Fi
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let row = |side: &str, f: &Figures| {
         println!(
-            "| {} | {side} | {:.2} s | {:.3} s | {:.0} | {:.2} s | {:.1} | {} |",
+            "| {} | {side} | {:.2} s | {:.3} s | {:.0} | {:.2} s | {} | {} |",
             f.batch,
             f.load_s,
             f.prefill_s,
             f.prefill_tok_s(p),
             f.generate_s,
-            f.decode_tok_s(n),
+            f.decode_tok_s(n)
+                .map_or("n/a".into(), |r| format!("{r:.1}")),
             f.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0} MB"))
         );
     };
@@ -239,10 +245,13 @@ fn print_table(bench: &Gpt2Bench, backend: Backend, qkv: &[Figures], torch: &[Fi
         if let Some(t) = torch.get(i) {
             row("PyTorch", t);
             println!(
-                "| | qkv ÷ PyTorch | {:.2}× | {:.2}× time | | | {:.2}× tok/s | {} |",
+                "| | qkv ÷ PyTorch | {:.2}× | {:.2}× time | | | {} | {} |",
                 q.load_s / t.load_s,
                 q.prefill_s / t.prefill_s,
-                q.decode_tok_s(n) / t.decode_tok_s(n),
+                match (q.decode_tok_s(n), t.decode_tok_s(n)) {
+                    (Some(a), Some(b)) => format!("{:.2}× tok/s", a / b),
+                    _ => "n/a".into(),
+                },
                 match (q.peak_rss_mb, t.peak_rss_mb) {
                     (Some(a), Some(b)) => format!("{:.2}×", a / b),
                     _ => String::new(),

@@ -182,10 +182,11 @@ fn rename_hf_gpt2(
                     let suffix = if is_weight { "weight" } else { "bias" };
                     for (part, which) in ["query", "key", "value"].iter().enumerate() {
                         let piece: Vec<f32> = if is_weight {
-                            values
-                                .chunks_exact(3 * d)
-                                .flat_map(|row| row[part * d..(part + 1) * d].to_vec())
-                                .collect()
+                            let mut piece = Vec::with_capacity(d * d);
+                            for row in values.chunks_exact(3 * d) {
+                                piece.extend_from_slice(&row[part * d..(part + 1) * d]);
+                            }
+                            piece
                         } else {
                             values[part * d..(part + 1) * d].to_vec()
                         };
