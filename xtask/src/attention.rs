@@ -95,11 +95,32 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         &format!("the attention maps of a {}-token prompt", ids.len()),
         "give a shorter prompt, or --layer and --head",
     )?;
+    let seq = ids.len();
+    // What will be drawn and written, bounded before anything is computed: the page's
+    // weights, and the overview PNG's side.
+    let shown_layers = if args.layer.is_some() {
+        1
+    } else {
+        model.n_layers()
+    };
+    let page_weights = shown_layers * heads * seq * seq;
+    if page_weights > crate::page::MAX_PAGE_WEIGHTS {
+        bail!(
+            "the page would hold {page_weights} attention weights ({shown_layers} layers × {heads} heads × {seq} × {seq} tokens); it takes at most {}: give a shorter prompt, or --layer (and --head)",
+            crate::page::MAX_PAGE_WEIGHTS
+        );
+    }
+    let columns = if args.head.is_some() { 1 } else { heads };
+    let panel_rows = shown_layers;
+    let cell = overview_cell(seq, columns, panel_rows).with_context(|| {
+        format!(
+            "an overview of {panel_rows} × {columns} heads over {seq} tokens does not fit a readable PNG of at most {MAX_PNG_SIDE} pixels a side: give a shorter prompt, or --layer (and --head)"
+        )
+    })?;
     let labels: Vec<String> = ids
         .iter()
         .map(|&id| token_label(tokenizer.as_ref(), id))
         .collect();
-    let seq = ids.len();
     let x = Tensor::<2, Int>::from_data(
         TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]),
         &device,
@@ -118,8 +139,9 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     {
         bail!("--head {head}: this model has heads 0..{n_heads}");
     }
-    // Every layer's pattern, queries and keys, through the hook points.
-    let points = (0..model.n_layers()).flat_map(|l| {
+    // The shown layers' patterns, queries and keys, through the hook points.
+    let shown = |l: &usize| args.layer.is_none_or(|x| x == *l);
+    let points = (0..model.n_layers()).filter(shown).flat_map(|l| {
         [
             HookPoint::Pattern(l),
             HookPoint::Query(l),
@@ -136,9 +158,16 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         flat.chunks(rows * width).map(|c| c.to_vec()).collect()
     };
     let layers = 0..model.n_layers();
+    // Indexed by layer; layers not shown are not recorded and stay empty.
     let probs: Vec<Vec<Vec<f32>>> = layers
         .clone()
-        .map(|l| per_head(HookPoint::Pattern(l)))
+        .map(|l| {
+            if shown(&l) {
+                per_head(HookPoint::Pattern(l))
+            } else {
+                Vec::new()
+            }
+        })
         .collect();
     let out = args
         .out
@@ -154,8 +183,7 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         .filter(|&(l, h, _)| keep(l, h))
         .map(|(l, h, p)| (format!("layer {l} head {h}"), p.clone()))
         .collect();
-    let columns = if args.head.is_some() { 1 } else { n_heads };
-    let cell = (640 / seq).clamp(8, 28);
+
     let heatmap = Heatmap {
         title: format!(
             "attention: rows are queries, columns the keys they look at ({} tokens)",
@@ -172,7 +200,6 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         .save(&out.join("attention.png"))
         .context("writing attention.png")?;
     let title = format!("qkv attention: {}", args.source.label());
-    let shown = |l: &usize| args.layer.is_none_or(|x| x == *l);
     let first_layer = args.layer.unwrap_or(0);
     let d_head = model.blocks.first().map_or(0, |b| b.attn.d_head());
     let view = AttentionView {
@@ -209,7 +236,14 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         patch: None,
     };
     std::fs::write(out.join("attention.html"), page.html()?).context("writing attention.html")?;
-    let json = serde_json::json!({ "tokens": labels, "ids": ids, "probs": probs });
+    let shown_probs: Vec<&Vec<Vec<f32>>> =
+        layers.clone().filter(shown).map(|l| &probs[l]).collect();
+    let json = serde_json::json!({
+        "tokens": labels,
+        "ids": ids,
+        "first_layer": first_layer,
+        "probs": shown_probs,
+    });
     std::fs::write(out.join("attention.json"), serde_json::to_string(&json)?)
         .context("writing attention.json")?;
     if let (Some(layer), Some(head)) = (args.layer, args.head) {
@@ -289,6 +323,24 @@ pub(crate) fn token_label(tokenizer: Option<&Tokenizer>, id: u32) -> String {
         .unwrap_or_else(|| format!("#{id}"))
 }
 
+/// The longest side of the overview PNG, in pixels.
+pub(crate) const MAX_PNG_SIDE: usize = 8192;
+
+/// The side of one heatmap cell for `panel_rows × columns` panels of `seq × seq` cells: a
+/// 640-pixel panel when that allows 8 to 28 pixels a cell, smaller so the whole image stays
+/// within [`MAX_PNG_SIDE`], and `None` below 2 pixels (no longer readable).
+pub(crate) fn overview_cell(seq: usize, columns: usize, panel_rows: usize) -> Option<usize> {
+    // Per panel besides its cells: labels of up to 6 characters (about 48 px), margins.
+    const PANEL_EXTRA: usize = 48 + 32;
+    let fit =
+        |panels: usize| (MAX_PNG_SIDE / panels.max(1)).saturating_sub(PANEL_EXTRA) / seq.max(1);
+    let cell = (640 / seq.max(1))
+        .clamp(8, 28)
+        .min(fit(columns))
+        .min(fit(panel_rows));
+    (cell >= 2).then_some(cell)
+}
+
 /// A label for the heatmap axes: visible whitespace, at most 6 characters.
 pub(crate) fn short(label: &str) -> String {
     let shown = label.replace('\n', "\\n").replace(' ', "_");
@@ -338,4 +390,22 @@ fn ablate(args: &AttentionArgs, dir: &Path, model: &Gpt, device: &Device) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PNG_SIDE, overview_cell};
+
+    #[test]
+    fn the_overview_png_stays_within_its_side_or_is_refused() {
+        // A small model keeps the comfortable 640-pixel panels.
+        assert_eq!(overview_cell(10, 4, 2), Some(28));
+        assert_eq!(overview_cell(64, 4, 4), Some(10));
+        // GPT-2's 12 × 12 heads at 64 tokens: smaller cells, inside the side limit.
+        let cell = overview_cell(64, 12, 12).unwrap();
+        assert!(cell >= 2 && 12 * (64 * cell + 80) <= MAX_PNG_SIDE, "{cell}");
+        // One layer's 12 heads over 300 tokens still fit; the whole model over 1024 does not.
+        assert_eq!(overview_cell(300, 12, 1), Some(2));
+        assert_eq!(overview_cell(1024, 12, 12), None);
+    }
 }
