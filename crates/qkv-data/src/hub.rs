@@ -227,37 +227,27 @@ impl Hub {
         progress: Progress<'_>,
     ) -> Result<Option<PathBuf>, DataError> {
         check_file_name(file)?;
-        let cached = || self.cache.repo(repo.cache_handle()).get(file);
+        // The revision's cached copy, else an error saying why the network was not used.
+        let cached_or = |reason: String| match self.cached(repo, file) {
+            Some(path) => Ok(Some(path)),
+            None => Err(self.error(repo, file, reason)),
+        };
         if self.offline {
-            return match cached() {
-                Some(path) => Ok(Some(path)),
-                None => Err(self.error(
-                    repo,
-                    file,
-                    format!(
-                        "HF_HUB_OFFLINE is set and the cache ({}) has no copy of this revision's file; unset HF_HUB_OFFLINE to download it, or set HF_HOME to the cache that has it",
-                        self.cache_dir().display()
-                    ),
-                )),
-            };
+            return cached_or(format!(
+                "HF_HUB_OFFLINE is set and the cache ({}) has no copy of this revision's file; unset HF_HUB_OFFLINE to download it, or set HF_HOME to the cache that has it",
+                self.cache_dir().display()
+            ));
         }
         let meta = match self.metadata(repo, file) {
             Ok(Some(meta)) => meta,
             Ok(None) => return Ok(None),
             Err(MetaError::Answer(e)) => return Err(e),
             Err(MetaError::Network(reason)) => {
-                return match cached() {
-                    Some(path) => Ok(Some(path)),
-                    None => Err(self.error(
-                        repo,
-                        file,
-                        format!(
-                            "cannot reach {} ({reason}) and the cache ({}) has no copy; check the network, HF_ENDPOINT, or a proxy (HTTPS_PROXY)",
-                            self.endpoint,
-                            self.cache_dir().display()
-                        ),
-                    )),
-                };
+                return cached_or(format!(
+                    "cannot reach {} ({reason}) and the cache ({}) has no copy; check the network, HF_ENDPOINT, or a proxy (HTTPS_PROXY)",
+                    self.endpoint,
+                    self.cache_dir().display()
+                ));
             }
         };
         let folder = self.cache.path().join(repo.cache_handle().folder_name());
@@ -277,6 +267,25 @@ impl Hub {
                 .map_err(|e| io_error(&folder.join("refs"), e))?;
         }
         Ok(Some(pointer))
+    }
+
+    /// The cached copy of `file` at the repository's revision: through `refs/<revision>`
+    /// for a branch or tag, straight from `snapshots/<commit>` for a commit hash (which has
+    /// no ref), as Python's `huggingface_hub` looks.
+    fn cached(&self, repo: &HubRepo, file: &str) -> Option<PathBuf> {
+        let is_commit =
+            repo.revision.len() == 40 && repo.revision.chars().all(|c| c.is_ascii_hexdigit());
+        if is_commit {
+            let path = self
+                .cache
+                .path()
+                .join(repo.cache_handle().folder_name())
+                .join("snapshots")
+                .join(&repo.revision)
+                .join(file);
+            return path.is_file().then_some(path);
+        }
+        self.cache.repo(repo.cache_handle()).get(file)
     }
 
     fn url(&self, repo: &HubRepo, file: &str) -> String {

@@ -101,7 +101,14 @@ fn a_cached_file_is_not_downloaded_again_and_serves_offline() {
     let offline = client(&hub, &dir).offline(true);
     assert_eq!(get(&offline, "model.safetensors").unwrap().unwrap(), again);
     assert_eq!(hub.request_count(), count);
-    assert_eq!(std::fs::read(again).unwrap(), weights);
+    assert_eq!(std::fs::read(&again).unwrap(), weights);
+    // Offline at a commit hash (no ref names it): the snapshot of that commit.
+    let pinned = HubRepo::new("owner/tiny", COMMIT).unwrap();
+    let at_commit = offline
+        .get(&pinned, "model.safetensors", &mut |_, _, _| {})
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_commit, again);
     // Offline without a copy: an error that names the variable and the cache.
     let err = get(&offline, "config.json").unwrap_err().to_string();
     assert!(
