@@ -108,11 +108,6 @@ fn prompts(vocab: usize, batch: usize, len: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn time_qkv(
     model: &Gpt,
     device: &Device,
@@ -124,31 +119,27 @@ fn time_qkv(
     let flat: Vec<i64> = prompts.iter().flatten().map(|&t| t as i64).collect();
     let tokens =
         Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, bench.prompt_len]), device);
-    let mut prefill = || -> Result<f64> {
-        let started = Instant::now();
+    let prefill = || -> Result<()> {
         let mut caches = model.new_caches();
         let out = model.forward_last(tokens.clone(), Some(&mut caches), false)?;
         let _ = out.logits.into_data();
-        Ok(started.elapsed().as_secs_f64())
+        Ok(())
     };
     let config = GenerationConfig::greedy(bench.new_tokens);
-    let mut generate = || -> Result<f64> {
-        let started = Instant::now();
+    let generate = || -> Result<()> {
         let out = model.generate(&prompts, &config, |_, _| {})?;
         if out.tokens.iter().any(|t| t.len() != bench.new_tokens) {
             bail!("generation stopped early");
         }
-        Ok(started.elapsed().as_secs_f64())
+        Ok(())
     };
-    let runs = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-        f()?; // warm-up
-        let times = (0..bench.repeat.max(1))
-            .map(|_| f())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(median(times))
-    };
-    let prefill_s = runs(&mut prefill)?;
-    let generate_s = runs(&mut generate)?;
+    // The untimed warm-up run of each surfaces any error; then the suite's own timing loop:
+    // `repeat` timed runs, the median.
+    let plan = qkv_benches::Plan::new(0, bench.repeat.max(1), std::time::Duration::ZERO);
+    prefill()?;
+    let prefill_s = qkv_benches::measure(plan, || prefill().expect("ran above")).median_ms / 1e3;
+    generate()?;
+    let generate_s = qkv_benches::measure(plan, || generate().expect("ran above")).median_ms / 1e3;
     Ok(Figures {
         batch,
         load_s,

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use qkv_backends::Backend;
-use qkv_data::TextStream;
 use qkv_transformer::{GenerationConfig, Sampling};
 
 use crate::model::ModelSource;
@@ -112,12 +111,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         ..GenerationConfig::greedy(args.tokens)
     };
     let generated = model.generate(&[prompt], &config, |_, _| {})?;
-    let mut stream = TextStream::new(&tokenizer, &[]);
-    let mut summary = String::new();
-    for &token in &generated.tokens[0] {
-        summary += &stream.push(token)?.text;
-    }
-    summary += &stream.finish()?;
+    let summary = tokenizer.decode(&generated.tokens[0])?;
     println!("{}", first_sentences(summary.trim(), args.sentences));
     Ok(())
 }

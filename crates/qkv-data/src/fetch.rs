@@ -37,10 +37,12 @@ pub const DATA_DIR_ENV: &str = "QKV_DATA_DIR";
 
 /// The lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lowercase hex (a digest as it is published).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file of `source` in `cache_dir`, downloading it from `url` (normally `source.url`) if

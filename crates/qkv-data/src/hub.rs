@@ -27,6 +27,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use crate::error::DataError;
+use crate::fetch::hex;
 
 /// The Hub's address when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -506,7 +507,6 @@ impl Hub {
 /// Hub's large files) or the git blob SHA-1 (40 hex digits, the rest). Other ETags carry no
 /// hash (some mirrors); the size check is then all there is.
 fn verify(path: &Path, etag: &str) -> std::io::Result<Result<(), String>> {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let is_hex = etag.chars().all(|c| c.is_ascii_hexdigit());
     let actual = match etag.len() {
         64 if is_hex => {

@@ -313,31 +313,23 @@ pub fn tiny_gpt2(vocab: usize, n_positions: usize, seed: u64) -> Vec<(String, Ve
     ]
 }
 
-/// The safetensors format by hand: an 8-byte little-endian header length, a JSON header of
-/// names, dtypes, shapes and offsets, then the little-endian data.
+/// The tensors as a safetensors file (F32), through the `safetensors` crate.
 fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
-    let mut header = String::from("{");
-    let mut offset = 0usize;
-    for (i, (name, shape, values)) in tensors.iter().enumerate() {
-        let end = offset + values.len() * 4;
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        header += &format!(
-            "{}\"{name}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            if i == 0 { "" } else { "," },
-            dims.join(",")
-        );
-        offset = end;
-    }
-    header += "}";
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    for (_, _, values) in tensors {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
+    let raw: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = raw.iter().map(|(name, shape, bytes)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, (*shape).clone(), bytes)
+                .expect("shapes match the data");
+        ((*name).clone(), view)
+    });
+    safetensors::serialize(views, None).expect("serialising in memory")
 }

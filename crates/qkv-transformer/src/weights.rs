@@ -110,31 +110,49 @@ pub fn read_safetensors(bytes: &[u8], path: &Path) -> Result<HostTensors, Weight
         })?;
     let mut out = BTreeMap::new();
     for (name, view) in file.tensors() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(WeightsError::UnsupportedDtype {
-                    name,
-                    dtype: format!("{other:?}"),
-                    path: shown,
-                });
-            }
-        };
+        if element_size(view.dtype()).is_none() {
+            return Err(WeightsError::UnsupportedDtype {
+                name,
+                dtype: format!("{:?}", view.dtype()),
+                path: shown,
+            });
+        }
+        let mut values = Vec::new();
+        extend_f32(&mut values, view.dtype(), view.data());
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
+}
+
+/// Bytes per element of the dtypes weight files may hold (converted to `f32` on reading).
+fn element_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        _ => None,
+    }
+}
+
+/// Appends the little-endian `bytes` of `dtype` elements (one of [`element_size`]'s, whole
+/// elements) to `out` as `f32`.
+fn extend_f32(out: &mut Vec<f32>, dtype: Dtype, bytes: &[u8]) {
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+    }
 }
 
 /// [`read_safetensors`] from a file, one tensor at a time: the file is never held in memory
@@ -174,16 +192,12 @@ pub fn read_safetensors_file(path: &Path) -> Result<HostTensors, WeightsError> {
     let mut out = BTreeMap::new();
     let mut buffer = vec![0u8; 1 << 20];
     for (name, info) in infos {
-        let element = match info.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-            other => {
-                return Err(WeightsError::UnsupportedDtype {
-                    name,
-                    dtype: format!("{other:?}"),
-                    path: shown,
-                });
-            }
+        let Some(element) = element_size(info.dtype) else {
+            return Err(WeightsError::UnsupportedDtype {
+                name,
+                dtype: format!("{:?}", info.dtype),
+                path: shown,
+            });
         };
         let count = info
             .shape
@@ -209,24 +223,7 @@ pub fn read_safetensors_file(path: &Path) -> Result<HostTensors, WeightsError> {
             let chunk = left.min(buffer.len());
             file.read_exact(&mut buffer[..chunk])
                 .map_err(|e| io_error(path, e))?;
-            let bytes = &buffer[..chunk];
-            match info.dtype {
-                Dtype::F32 => values.extend(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
-                Dtype::F16 => values.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-                ),
-                _ => values.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-                ),
-            }
+            extend_f32(&mut values, info.dtype, &buffer[..chunk]);
             left -= chunk;
         }
         out.insert(name, (info.shape.clone(), values));
