@@ -49,13 +49,13 @@ impl Default for RecallTask {
 }
 
 impl RecallTask {
-    /// Checks the shape: keys are letters (at most 26), values digits (at most 10), and a
+    /// Checks the shape: keys are letter names (at most [`MAX_KEYS`]), values digits (at most 10), and a
     /// sequence needs as many distinct keys as pairs.
     pub fn validate(&self) -> Result<(), crate::DataError> {
         let bad = |m: String| Err(crate::DataError::Invalid(m));
-        if self.n_keys == 0 || self.n_keys > 26 {
+        if self.n_keys == 0 || self.n_keys > MAX_KEYS {
             return bad(format!(
-                "recall: n_keys must be in 1..=26, got {}",
+                "recall: n_keys must be in 1..={MAX_KEYS}, got {}",
                 self.n_keys
             ));
         }
@@ -218,8 +218,20 @@ pub const SPLIT_SAMPLE: usize = 4000;
 /// takes at most about 1 / 0.02 = 50 tries on average.
 pub const MIN_SPLIT_SHARE: f64 = 0.02;
 
+/// Most keys a task can have: `a` … `z`, then the two-letter names `aa` … `cx`.
+pub const MAX_KEYS: usize = 128;
+
+/// The name of key `k`: a letter for the first 26, two letters after (`aa`, `ab`, …), so
+/// that long recall sequences (the distance experiments of `cargo xtask compare`) have
+/// enough distinct keys.
 fn key_name(k: usize) -> String {
-    char::from(b'a' + k as u8).to_string()
+    let letter = |i: usize| char::from(b'a' + i as u8);
+    if k < 26 {
+        letter(k).to_string()
+    } else {
+        let j = k - 26;
+        format!("{}{}", letter(j / 26), letter(j % 26))
+    }
 }
 
 fn value_name(v: usize) -> String {
@@ -279,6 +291,37 @@ mod tests {
             }
         }
         assert!(accepted >= 5, "only {accepted} small configs accepted");
+    }
+
+    #[test]
+    fn keys_beyond_z_have_distinct_two_letter_names() {
+        let names: Vec<String> = (0..MAX_KEYS).map(key_name).collect();
+        assert_eq!((names[25].as_str(), names[26].as_str()), ("z", "aa"));
+        assert_eq!(names[MAX_KEYS - 1], "cx");
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), MAX_KEYS);
+        let task = RecallTask {
+            n_pairs: 64,
+            n_keys: 64,
+            n_values: 10,
+        };
+        assert!(task.validate().is_ok());
+        let text = task.example(Split::Train, &mut counter(3));
+        assert_eq!(text.split(' ').count(), 4 * 64);
+        assert_eq!(task.tokenizer().vocab_size(), task.vocab_size());
+        let too_many = RecallTask {
+            n_keys: MAX_KEYS + 1,
+            ..task
+        };
+        assert!(
+            too_many
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("n_keys")
+        );
     }
 
     #[test]

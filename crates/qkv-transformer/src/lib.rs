@@ -30,6 +30,7 @@
 //! * [`Seq2Seq`]: the encoder–decoder of "Attention Is All You Need", with greedy and
 //!   beam-search [`translate`](Seq2Seq::translate).
 //! * [`cross_entropy`], [`smoothed_cross_entropy`]: the losses.
+//! * [`recurrent`]: LSTM and GRU language models, the baseline attention is compared with.
 //! * [`weights`]: our safetensors names; [`gpt2`]: Hugging Face GPT-2 import.
 
 mod block;
@@ -45,6 +46,7 @@ mod loss;
 mod mlp;
 mod norm;
 mod positional;
+pub mod recurrent;
 mod sampling;
 mod seq2seq;
 pub mod weights;

@@ -9,6 +9,8 @@
 //! - [`logit_lens`]: the residual stream after every layer, read as next-token logits.
 //! - [`run_patched`] and [`activation_patching`]: an activation of a clean prompt put into
 //!   the run of a corrupted one, and how much of the clean answer it brings back.
+//! - [`spectra`]: the singular values of each head's Query and Key matrices, how aligned
+//!   they are, and the eigenvalues of the bilinear form `W_Q W_Kᵀ` that makes its scores.
 //! - [`direct_logit_attribution`]: the logit of a token split into what the embeddings,
 //!   each head, each attention bias and each MLP write towards it.
 
@@ -18,6 +20,7 @@ mod hooks;
 mod lens;
 mod patch;
 mod seq2seq;
+pub mod spectra;
 
 pub use attribution::{Attribution, direct_logit_attribution};
 pub use hooks::{Activation, ActivationCache, HookPoint, Hooks, Point};

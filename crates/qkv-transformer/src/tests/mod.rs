@@ -4,7 +4,9 @@ mod generation;
 mod interp;
 mod model;
 mod pytorch_parity;
+mod recurrent;
 mod seq2seq;
+mod spectra;
 mod weights;
 
 use std::path::PathBuf;
