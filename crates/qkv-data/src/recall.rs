@@ -218,7 +218,7 @@ pub const SPLIT_SAMPLE: usize = 4000;
 /// takes at most about 1 / 0.02 = 50 tries on average.
 pub const MIN_SPLIT_SHARE: f64 = 0.02;
 
-/// Most keys a task can have: `a` … `z`, then the two-letter names `aa` … `cx`.
+/// Most keys a task can have: `a` … `z`, then the two-letter names `aa` … `dx`.
 pub const MAX_KEYS: usize = 128;
 
 /// The name of key `k`: a letter for the first 26, two letters after (`aa`, `ab`, …), so
@@ -297,7 +297,7 @@ mod tests {
     fn keys_beyond_z_have_distinct_two_letter_names() {
         let names: Vec<String> = (0..MAX_KEYS).map(key_name).collect();
         assert_eq!((names[25].as_str(), names[26].as_str()), ("z", "aa"));
-        assert_eq!(names[MAX_KEYS - 1], "cx");
+        assert_eq!(names[MAX_KEYS - 1], "dx");
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
