@@ -211,6 +211,33 @@ impl RecallTask {
     }
 }
 
+impl RecallTask {
+    /// For each input position of one example (`inputs`: a row of a [`batch`](Self::batch)),
+    /// the distance in tokens from the pair that holds the answer to the position that must
+    /// give it, or `None` where nothing is asked. The recall distance of
+    /// `cargo xtask compare`.
+    pub fn answer_distances(&self, inputs: &[i64]) -> Vec<Option<usize>> {
+        let query = self.n_values as i64;
+        let first_pair = (self.n_values + 1 + self.n_keys) as i64;
+        let key_of_pair = |id: i64| (id - first_pair) as usize / self.n_values;
+        let pair_at = |key: usize| {
+            inputs
+                .iter()
+                .take(self.n_pairs)
+                .position(|&id| id >= first_pair && key_of_pair(id) == key)
+        };
+        (0..inputs.len())
+            .map(|t| {
+                if t == 0 || inputs[t - 1] != query {
+                    return None;
+                }
+                let key = (inputs[t] - self.n_values as i64 - 1) as usize;
+                pair_at(key).map(|p| t - p)
+            })
+            .collect()
+    }
+}
+
 /// Draws [`RecallTask::split_shares`] estimates from.
 pub const SPLIT_SAMPLE: usize = 4000;
 
@@ -322,6 +349,31 @@ mod tests {
                 .to_string()
                 .contains("n_keys")
         );
+    }
+
+    #[test]
+    fn answer_distances_point_at_the_pair() {
+        let task = RecallTask::default();
+        let batch = task.batch(Split::Train, 4, &mut counter(7));
+        let tokenizer = task.tokenizer();
+        for row in 0..4 {
+            let inputs = &batch.inputs[row * batch.seq..(row + 1) * batch.seq];
+            let targets = &batch.targets[row * batch.seq..(row + 1) * batch.seq];
+            let distances = task.answer_distances(inputs);
+            let words: Vec<String> = inputs
+                .iter()
+                .map(|&id| tokenizer.decode(&[id as u32]).unwrap())
+                .collect();
+            for (t, d) in distances.iter().enumerate() {
+                assert_eq!(d.is_some(), targets[t] != crate::IGNORE, "position {t}");
+                if let Some(d) = d {
+                    // The pair d tokens back is the queried key with the answer's value.
+                    let pair = &words[t - d];
+                    let value = tokenizer.decode(&[targets[t] as u32]).unwrap();
+                    assert_eq!(*pair, format!("{}{}", words[t], value), "{words:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -77,12 +77,24 @@ impl LanguageModel {
         step: usize,
         device: &Device,
     ) -> (f64, f64) {
+        self.evaluate_split_with(&|x| model.forward(x), split, step, device)
+    }
+
+    /// [`evaluate_split`](Self::evaluate_split) of any model that maps `[batch, seq]` tokens
+    /// to `[batch, seq, vocab_size]` logits.
+    pub fn evaluate_split_with(
+        &self,
+        forward: &dyn Fn(Tensor<2, Int>) -> Tensor<3>,
+        split: Split,
+        step: usize,
+        device: &Device,
+    ) -> (f64, f64) {
         let mut rng = SplitMix64::new(self.config.seed ^ 0x5eed_0e7a1 ^ (step as u64) << 20);
         let (mut loss, mut correct, mut counted) = (0.0, 0usize, 0usize);
         for _ in 0..self.config.eval_iters {
             let batch = self.draw(split, &mut rng);
             let (x, y) = tensors(&batch, device);
-            let logits = model.forward(x);
+            let logits = forward(x);
             let predicted: Vec<i64> = logits
                 .clone()
                 .argmax(2)
@@ -128,6 +140,30 @@ impl LanguageModel {
             }
         }
         Ok(out)
+    }
+
+    /// Checks that the tokenizer saved in `run_dir` is this data's, naming the difference.
+    pub fn check_tokenizer(&self, run_dir: &Path) -> Result<(), TrainError> {
+        let path = run_dir.join("checkpoint");
+        let tokenizer = self.source.tokenizer();
+        let saved_tokenizer = Tokenizer::load(&run_dir.join("tokenizer.json"))?;
+        if saved_tokenizer.vocab_size() != tokenizer.vocab_size() {
+            return Err(TrainError::Checkpoint {
+                path,
+                reason: format!(
+                    "its vocabulary has {} tokens, this data's has {}",
+                    saved_tokenizer.vocab_size(),
+                    tokenizer.vocab_size()
+                ),
+            });
+        }
+        if saved_tokenizer.to_json()? != tokenizer.to_json()? {
+            return Err(TrainError::Checkpoint {
+                path,
+                reason: "its tokenizer differs from this data's".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -177,25 +213,7 @@ impl Task for LanguageModel {
                 ),
             });
         }
-        let tokenizer = self.source.tokenizer();
-        let saved_tokenizer = Tokenizer::load(&run_dir.join("tokenizer.json"))?;
-        if saved_tokenizer.vocab_size() != tokenizer.vocab_size() {
-            return Err(TrainError::Checkpoint {
-                path,
-                reason: format!(
-                    "its vocabulary has {} tokens, this data's has {}",
-                    saved_tokenizer.vocab_size(),
-                    tokenizer.vocab_size()
-                ),
-            });
-        }
-        if saved_tokenizer.to_json()? != tokenizer.to_json()? {
-            return Err(TrainError::Checkpoint {
-                path,
-                reason: "its tokenizer differs from this data's".into(),
-            });
-        }
-        Ok(())
+        self.check_tokenizer(run_dir)
     }
 
     fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>, TrainError> {

@@ -11,11 +11,14 @@
 //!   the run of a corrupted one, and how much of the clean answer it brings back.
 //! - [`spectra`]: the singular values of each head's Query and Key matrices, how aligned
 //!   they are, and the eigenvalues of the bilinear form `W_Q W_Kᵀ` that makes its scores.
+//! - [`gpt_position_gradients`], [`recurrent_position_gradients`]: how much of the loss's
+//!   gradient reaches each layer at each position.
 //! - [`direct_logit_attribution`]: the logit of a token split into what the embeddings,
 //!   each head, each attention bias and each MLP write towards it.
 
 mod attribution;
 mod gpt;
+mod gradients;
 mod hooks;
 mod lens;
 mod patch;
@@ -23,6 +26,7 @@ mod seq2seq;
 pub mod spectra;
 
 pub use attribution::{Attribution, direct_logit_attribution};
+pub use gradients::{PositionGradients, gpt_position_gradients, recurrent_position_gradients};
 pub use hooks::{Activation, ActivationCache, HookPoint, Hooks, Point};
 pub use lens::{LensReport, LensToken, logit_lens, logit_lens_report};
 pub use patch::{Patch, PatchingResult, activation_patching, logit_difference, run_patched};

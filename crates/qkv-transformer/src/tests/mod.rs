@@ -1,6 +1,7 @@
 //! Tests of the model: PyTorch parity, cached generation, weights, configuration.
 
 mod generation;
+mod gradients;
 mod interp;
 mod model;
 mod pytorch_parity;
