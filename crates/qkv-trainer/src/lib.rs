@@ -1,5 +1,5 @@
 //! The qkv training layer, written out: one [`Trainer`] for every [`Task`] (the language
-//! model and the encoder–decoder are two), AdamW with weight decay on matrices only, linear
+//! model, its LSTM/GRU baseline and the encoder–decoder are three), AdamW with weight decay on matrices only, linear
 //! warm-up then cosine decay, clipping by the global gradient norm (as nanoGPT and PyTorch's
 //! `clip_grad_norm_` do), gradient accumulation, periodic evaluation, checkpoints that no
 //! crash can corrupt, exact resume, divergence checks, Ctrl-C and time limits, and
@@ -15,6 +15,7 @@ mod lm;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+mod recurrent;
 mod schedule;
 mod source;
 mod step;
@@ -25,6 +26,7 @@ pub mod translate;
 pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfig};
 pub use error::TrainError;
 pub use lm::{LanguageModel, full_split_loss, tensors};
+pub use recurrent::{RecurrentLanguageModel, RecurrentRunConfig};
 pub use schedule::WarmupCosine;
 pub use source::BatchSource;
 pub use step::{StepReport, train_step};

@@ -5,6 +5,7 @@ mod errors;
 mod optim_parity;
 mod parsers;
 mod recall_heads;
+mod recurrent;
 mod runs;
 mod translate;
 
