@@ -12,12 +12,14 @@
 //! * `eval`: a text model's loss over a whole data split.
 //! * `translate`: translate with an encoder–decoder trained by `train --task translate`.
 //! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
+//! * `compare`: attention against LSTM and GRU baselines on the same tasks.
 //!
 //! Backends are chosen by name through `qkv-backends`, the one crate that names them.
 
 mod attention;
 mod bench;
 mod bench_gpt2;
+mod compare;
 mod eval;
 mod interp;
 mod model;
@@ -107,6 +109,9 @@ enum Command {
     Translate(translate::TranslateArgs),
     /// Time the benchmark suite on chosen backends, optionally beside PyTorch.
     Bench(bench::BenchArgs),
+    /// Attention against LSTM and GRU: recall over growing distances, gradients per
+    /// position, time against sequence length.
+    Compare(compare::CompareArgs),
 }
 
 fn main() {
@@ -123,6 +128,7 @@ fn main() {
         Command::Attribute(args) => interp::attribute(args),
         Command::Bench(args) => bench::run(args),
         Command::Translate(args) => translate::run(args),
+        Command::Compare(args) => compare::run(args),
     });
     if let Err(error) = result {
         eprintln!("error: {error:#}");
