@@ -2,10 +2,11 @@
 //! trainer, optimiser and data. It tests the claim that transformers replaced RNNs because
 //! RNNs are hard to parallelise and hard to train on long inputs:
 //!
-//! 1. **Recall over growing distances.** The recall task with more and more pairs (so the
-//!    pair holding an answer lies further back): a GPT, an LSTM and a GRU trained alike, and
-//!    their held-out accuracy, overall and by the distance between the pair and its query.
-//! 2. **Vanishing gradients.** On the longest recall sequences, the norm of the loss's
+//! 1. **Recall over growing distances.** The recall task with a growing gap of filler
+//!    tokens between the pairs and the queries (so the pair holding an answer lies further
+//!    back while the lookup stays as hard): a GPT, an LSTM and a GRU trained alike, and their
+//!    held-out accuracy, overall and by the distance between the pair and its query.
+//! 2. **Vanishing gradients.** On the longest gap's sequences, the norm of the loss's
 //!    gradient reaching each layer's input at each position, at initialisation and after
 //!    training (see `qkv_transformer::interp::gpt_position_gradients`).
 //! 3. **Parallelism.** Milliseconds per forward + backward pass against sequence length.
@@ -74,9 +75,12 @@ impl ModelKind {
 /// Options of `cargo xtask compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Recall pair counts, each a task of its own (at most 128).
-    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64")]
-    pairs: Vec<usize>,
+    /// Filler tokens between the recall pairs and their queries, each gap a task of its own.
+    #[arg(long, value_delimiter = ',', default_value = "0,8,16,32,64")]
+    gaps: Vec<usize>,
+    /// Key-value pairs per recall sequence (16 keys, 10 values).
+    #[arg(long, default_value_t = 6)]
+    pairs: usize,
     /// The models.
     #[arg(long, value_delimiter = ',', default_value = "gpt,lstm,gru")]
     models: Vec<ModelKind>,
@@ -129,18 +133,17 @@ pub struct CompareArgs {
 
 impl CompareArgs {
     fn check(&self) -> Result<()> {
-        if self.pairs.is_empty() || self.models.is_empty() {
-            bail!("--pairs and --models each need at least one value");
+        if self.gaps.is_empty() || self.models.is_empty() {
+            bail!("--gaps and --models each need at least one value");
         }
-        if let Some(&p) = self
-            .pairs
-            .iter()
-            .find(|&&p| p == 0 || p > qkv_data::recall::MAX_KEYS)
-        {
+        if let Some(&g) = self.gaps.iter().find(|&&g| g > qkv_data::recall::MAX_GAP) {
             bail!(
-                "--pairs takes counts in 1..={}, got {p}",
-                qkv_data::recall::MAX_KEYS
+                "--gaps takes gaps of at most {}, got {g}",
+                qkv_data::recall::MAX_GAP
             );
+        }
+        if self.pairs == 0 || self.pairs > 16 {
+            bail!("--pairs takes a count in 1..=16, got {}", self.pairs);
         }
         if let Some(&l) = self.seq_lens.iter().find(|&&l| l == 0 || l > 1 << 14) {
             bail!("--seq-lens takes lengths in 1..=16384, got {l}");
@@ -161,12 +164,13 @@ impl CompareArgs {
         Ok(())
     }
 
-    /// The training config of every model on recall with `pairs` pairs.
-    fn recall_config(&self, pairs: usize) -> TrainConfig {
+    /// The training config of every model on recall with a gap of `gap` fillers.
+    fn recall_config(&self, gap: usize) -> TrainConfig {
         let task = RecallTask {
-            n_pairs: pairs,
-            n_keys: pairs.max(16),
+            n_pairs: self.pairs,
+            n_keys: 16,
             n_values: 10,
+            gap,
         };
         let mut config = TrainConfig::recall();
         config.model.n_layers = self.n_layers;
@@ -177,6 +181,7 @@ impl CompareArgs {
             n_pairs: task.n_pairs,
             n_keys: task.n_keys,
             n_values: task.n_values,
+            gap: task.gap,
         };
         config.batch_size = self.batch_size;
         config.lr = self.lr;
@@ -369,22 +374,23 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let machine = MachineInfo::detect();
     let device = args.backend.check()?;
-    let longest = *args.pairs.iter().max().expect("checked non-empty");
+    let longest = *args.gaps.iter().max().expect("checked non-empty");
     let mut recall_rows = Vec::new();
     let mut gradients = json!({});
     println!(
-        "recall: {} steps, batch {}, {} layers, {} wide, models {:?}",
+        "recall, {} pairs: {} steps, batch {}, {} layers, {} wide, models {:?}",
+        args.pairs,
         args.steps,
         args.batch_size,
         args.n_layers,
         args.d_model,
         args.models.iter().map(|m| m.name()).collect::<Vec<_>>()
     );
-    for &pairs in &args.pairs {
-        let config = args.recall_config(pairs);
+    for &gap in &args.gaps {
+        let config = args.recall_config(gap);
         let task = config.data.recall().expect("a recall config");
         for &kind in &args.models {
-            let run_dir = args.out.join(format!("recall-{pairs}")).join(kind.name());
+            let run_dir = args.out.join(format!("recall-gap-{gap}")).join(kind.name());
             let trained = train(kind, config.clone(), &args, &run_dir)?;
             let valid = match &trained.model {
                 Model::Gpt(m) => Model::Gpt(m.valid()),
@@ -393,7 +399,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             let (accuracy, by_distance) =
                 accuracy_by_distance(&valid, &task, args.eval_examples, args.seed, &device);
             println!(
-                "  {pairs:>3} pairs {:>4}: held-out accuracy {:>6.2}%, val loss {:.4}, {:.1} ms/step, {:.1} s",
+                "  gap {gap:>4} {:>4}: held-out accuracy {:>6.2}%, val loss {:.4}, {:.1} ms/step, {:.1} s",
                 kind.name(),
                 accuracy * 100.0,
                 trained.val_loss,
@@ -401,7 +407,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 trained.wall_s
             );
             recall_rows.push(json!({
-                "pairs": pairs,
+                "gap": gap,
                 "sequence": task.block_size(),
                 "model": kind.name(),
                 "accuracy": accuracy,
@@ -410,7 +416,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 "wall_s": trained.wall_s,
                 "by_distance": by_distance.iter().map(|&(d, c, t)| json!({"distance": d, "correct": c, "total": t})).collect::<Vec<_>>(),
             }));
-            if pairs == longest {
+            if gap == longest {
                 let ad = device.clone().autodiff();
                 let mut rng = SplitMix64::new(args.seed ^ 0x9ad);
                 let batch = task.batch(Split::Val, 16, &mut |k| rng.below(k));
@@ -467,13 +473,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
         "machine": {"cpu": machine.cpu, "simd": machine.simd, "threads": machine.threads},
         "backend": args.backend.to_string(),
         "settings": {
-            "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
+            "pairs": args.pairs, "gaps": args.gaps, "steps": args.steps, "batch_size": args.batch_size,
             "n_layers": args.n_layers, "d_model": args.d_model, "n_heads": args.n_heads,
             "lr": args.lr, "eval_examples": args.eval_examples, "seed": args.seed,
             "timing_batch": args.timing_batch, "seq_lens": args.seq_lens,
         },
         "recall": recall_rows,
-        "gradients": {"pairs": longest, "norms": gradients},
+        "gradients": {"gap": longest, "norms": gradients},
         "timing": timing,
         "shakespeare": shakespeare,
         "wall_s": started.elapsed().as_secs_f64(),
@@ -511,15 +517,15 @@ fn write_outputs(args: &CompareArgs, report: &Value) -> Result<()> {
         (
             "recall-accuracy.png",
             LinePlot {
-                title: "held-out recall accuracy vs pairs".into(),
-                x_label: "pairs (sequence = 4 x pairs - 1 tokens)".into(),
+                title: "held-out recall accuracy vs gap".into(),
+                x_label: "filler tokens between pairs and queries".into(),
                 y_label: "accuracy".into(),
                 series: series_of(&|m| {
                     rows.iter()
                         .filter(|r| r["model"] == m)
                         .map(|r| {
                             (
-                                r["pairs"].as_f64().unwrap_or(0.0),
+                                r["gap"].as_f64().unwrap_or(0.0),
                                 r["accuracy"].as_f64().unwrap_or(0.0),
                             )
                         })
@@ -531,14 +537,14 @@ fn write_outputs(args: &CompareArgs, report: &Value) -> Result<()> {
             "recall-distance.png",
             LinePlot {
                 title: format!(
-                    "accuracy vs distance to the pair, {} pairs",
-                    report["gradients"]["pairs"]
+                    "accuracy vs distance to the pair, gap {}",
+                    report["gradients"]["gap"]
                 ),
                 x_label: "tokens between the pair and its query".into(),
                 y_label: "accuracy".into(),
                 series: series_of(&|m| {
                     rows.iter()
-                        .filter(|r| r["model"] == m && r["pairs"] == report["gradients"]["pairs"])
+                        .filter(|r| r["model"] == m && r["gap"] == report["gradients"]["gap"])
                         .flat_map(|r| r["by_distance"].as_array().cloned().unwrap_or_default())
                         .map(|b| {
                             let c = b["correct"].as_f64().unwrap_or(0.0);
@@ -605,7 +611,7 @@ fn write_outputs(args: &CompareArgs, report: &Value) -> Result<()> {
 fn markdown(report: &Value) -> String {
     let machine = &report["machine"];
     let mut s = format!(
-        "Machine: {} ({}), {} threads, backend {}\n\n| pairs | seq | model | held-out accuracy | val loss | ms/step |\n|---:|---:|---|---:|---:|---:|\n",
+        "Machine: {} ({}), {} threads, backend {}\n\n| gap | seq | model | held-out accuracy | val loss | ms/step |\n|---:|---:|---|---:|---:|---:|\n",
         machine["cpu"].as_str().unwrap_or("?"),
         machine["simd"].as_str().unwrap_or("?"),
         machine["threads"],
@@ -614,7 +620,7 @@ fn markdown(report: &Value) -> String {
     for r in report["recall"].as_array().into_iter().flatten() {
         s += &format!(
             "| {} | {} | {} | {:.1}% | {:.3} | {:.1} |\n",
-            r["pairs"],
+            r["gap"],
             r["sequence"],
             r["model"].as_str().unwrap_or("?"),
             r["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
@@ -624,10 +630,10 @@ fn markdown(report: &Value) -> String {
     }
     let norms = &report["gradients"]["norms"];
     s += &format!(
-        "\nGradient norm reaching the embeddings ({} pairs), first position / last pair position / last position:\n\n| model | init | trained |\n|---|---|---|\n",
-        report["gradients"]["pairs"]
+        "\nGradient norm reaching the embeddings (gap {}), first position / last pair position / last position:\n\n| model | init | trained |\n|---|---|---|\n",
+        report["gradients"]["gap"]
     );
-    let pairs = report["gradients"]["pairs"].as_u64().unwrap_or(1) as usize;
+    let pairs = report["settings"]["pairs"].as_u64().unwrap_or(1) as usize;
     if let Some(models) = norms.as_object() {
         for (model, g) in models {
             let cell = |which: &str| {

@@ -13,6 +13,7 @@
 //! * `translate`: translate with an encoder–decoder trained by `train --task translate`.
 //! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
 //! * `compare`: attention against LSTM and GRU baselines on the same tasks.
+//! * `spectra`: the singular values and eigenvalues behind each head's Q and K.
 //!
 //! Backends are chosen by name through `qkv-backends`, the one crate that names them.
 
@@ -25,6 +26,7 @@ mod interp;
 mod model;
 mod page;
 mod sample;
+mod spectra;
 mod summarize;
 mod train;
 mod translate;
@@ -112,6 +114,8 @@ enum Command {
     /// Attention against LSTM and GRU: recall over growing distances, gradients per
     /// position, time against sequence length.
     Compare(compare::CompareArgs),
+    /// The spectra of each head's Query and Key matrices, trained against random.
+    Spectra(spectra::SpectraArgs),
 }
 
 fn main() {
@@ -129,6 +133,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Spectra(args) => spectra::run(args),
     });
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -26,6 +26,12 @@ use crate::tokenizer::{Tokenizer, WordTokenizer};
 /// The query marker.
 pub const QUERY: &str = "?";
 
+/// The filler between pairs and queries when [`RecallTask::gap`] is set.
+pub const FILLER: &str = ".";
+
+/// The longest gap a task can have.
+pub const MAX_GAP: usize = 4096;
+
 /// The recall task's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecallTask {
@@ -35,6 +41,10 @@ pub struct RecallTask {
     pub n_keys: usize,
     /// Distinct values, the digits `0`, `1`, …
     pub n_values: usize,
+    /// Filler tokens (`.`) between the pairs and the queries: every answer lies this much
+    /// further back, while the lookup itself stays as hard (`cargo xtask compare`'s
+    /// distance experiment). 0 adds nothing, not even the filler to the vocabulary.
+    pub gap: usize,
 }
 
 impl Default for RecallTask {
@@ -44,6 +54,7 @@ impl Default for RecallTask {
             n_pairs: 6,
             n_keys: 16,
             n_values: 10,
+            gap: 0,
         }
     }
 }
@@ -63,6 +74,12 @@ impl RecallTask {
             return bad(format!(
                 "recall: n_values must be in 1..=10, got {}",
                 self.n_values
+            ));
+        }
+        if self.gap > MAX_GAP {
+            return bad(format!(
+                "recall: gap must be at most {MAX_GAP}, got {}",
+                self.gap
             ));
         }
         if self.n_pairs == 0 || self.n_pairs > self.n_keys {
@@ -108,23 +125,25 @@ impl RecallTask {
         let pairs = (0..self.n_keys).flat_map(|k| {
             (0..self.n_values).map(move |v| format!("{}{}", key_name(k), value_name(v)))
         });
+        let filler = (self.gap > 0).then(|| FILLER.to_string());
         let tokens = values
             .chain([QUERY.to_string()])
             .chain(keys)
             .chain(pairs)
+            .chain(filler)
             .collect();
         Tokenizer::Words(WordTokenizer::new(tokens))
     }
 
     /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
-        self.n_values + 1 + self.n_keys + self.n_keys * self.n_values
+        self.n_values + 1 + self.n_keys + self.n_keys * self.n_values + (self.gap > 0) as usize
     }
 
-    /// The full length of one sequence (`n_pairs` pairs, `3·n_pairs` query tokens); the
+    /// The full length of one sequence (`n_pairs` pairs, the gap, `3·n_pairs` query tokens); the
     /// model sees one less.
     pub fn sequence_len(&self) -> usize {
-        4 * self.n_pairs
+        4 * self.n_pairs + self.gap
     }
 
     /// Input positions per example.
@@ -167,6 +186,8 @@ impl RecallTask {
             ids.push(pair_id(k, v));
             checksum += (i + 1) * (k * self.n_values + v + 1);
         }
+        let filler = (self.n_values + 1 + self.n_keys + self.n_keys * self.n_values) as u32;
+        ids.extend(std::iter::repeat_n(filler, self.gap));
         let mut order: Vec<usize> = (0..self.n_pairs).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, below(i + 1));
@@ -285,6 +306,7 @@ mod tests {
             n_pairs: 1,
             n_keys: 1,
             n_values: 1,
+            gap: 0,
         };
         let err = one.validate().unwrap_err().to_string();
         assert!(err.contains("0.0% of examples are held out"), "{err}");
@@ -301,6 +323,7 @@ mod tests {
                         n_pairs,
                         n_keys,
                         n_values,
+                        gap: 0,
                     };
                     if task.validate().is_err() {
                         continue;
@@ -333,6 +356,7 @@ mod tests {
             n_pairs: 64,
             n_keys: 64,
             n_values: 10,
+            gap: 0,
         };
         assert!(task.validate().is_ok());
         let text = task.example(Split::Train, &mut counter(3));
@@ -353,7 +377,17 @@ mod tests {
 
     #[test]
     fn answer_distances_point_at_the_pair() {
-        let task = RecallTask::default();
+        for gap in [0, 5] {
+            let task = RecallTask {
+                gap,
+                ..RecallTask::default()
+            };
+            assert_eq!(task.tokenizer().vocab_size(), task.vocab_size());
+            answer_distances_hold(task);
+        }
+    }
+
+    fn answer_distances_hold(task: RecallTask) {
         let batch = task.batch(Split::Train, 4, &mut counter(7));
         let tokenizer = task.tokenizer();
         for row in 0..4 {
@@ -367,6 +401,7 @@ mod tests {
             for (t, d) in distances.iter().enumerate() {
                 assert_eq!(d.is_some(), targets[t] != crate::IGNORE, "position {t}");
                 if let Some(d) = d {
+                    assert!(*d > task.gap + 1, "distance {d} spans the gap {}", task.gap);
                     // The pair d tokens back is the queried key with the answer's value.
                     let pair = &words[t - d];
                     let value = tokenizer.decode(&[targets[t] as u32]).unwrap();
@@ -450,15 +485,21 @@ mod tests {
             n_pairs: 7,
             n_keys: 6,
             n_values: 10,
+            gap: 0,
         };
         assert!(bad.validate().unwrap_err().to_string().contains("n_pairs"));
         assert!(
             RecallTask {
-                n_keys: 27,
+                n_keys: MAX_KEYS + 1,
                 ..Default::default()
             }
             .validate()
             .is_err()
         );
+        let long = RecallTask {
+            gap: MAX_GAP + 1,
+            ..Default::default()
+        };
+        assert!(long.validate().unwrap_err().to_string().contains("gap"));
     }
 }

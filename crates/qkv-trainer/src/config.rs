@@ -23,6 +23,9 @@ pub enum DataConfig {
         n_keys: usize,
         /// Distinct values.
         n_values: usize,
+        /// Filler tokens between the pairs and the queries.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gap: usize,
     },
     /// Tiny Shakespeare: from `path` when given, else from `$QKV_DATA_DIR`, the cache, or a
     /// verified download.
@@ -41,6 +44,10 @@ pub enum DataConfig {
         #[serde(default)]
         tokenizer: TokenizerChoice,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Which tokenizer a text run builds from its corpus.
@@ -65,10 +72,12 @@ impl DataConfig {
                 n_pairs,
                 n_keys,
                 n_values,
+                gap,
             } => Some(RecallTask {
                 n_pairs,
                 n_keys,
                 n_values,
+                gap,
             }),
             _ => None,
         }
@@ -181,6 +190,7 @@ impl TrainConfig {
                 n_pairs: task.n_pairs,
                 n_keys: task.n_keys,
                 n_values: task.n_values,
+                gap: task.gap,
             },
             batch_size: 64,
             grad_accum: 1,

@@ -91,6 +91,7 @@ fn mismatched_or_broken_checkpoints_are_named() {
         n_pairs: 6,
         n_keys: 20,
         n_values: 10,
+        gap: 0,
     };
     let err = lm_trainer(other_vocab, &dir, &dir, &device(), Start::Resume)
         .err()

@@ -41,6 +41,7 @@ pub(crate) fn tiny_recall(max_iters: usize, dropout: f64) -> TrainConfig {
         n_pairs: 6,
         n_keys: 16,
         n_values: 10,
+        gap: 0,
     };
     config
 }

@@ -43,6 +43,8 @@ pub struct HeadSpectrum {
     pub module: String,
     /// The head's index within its layer.
     pub head: usize,
+    /// Width of the inputs the head reads, `d_model`.
+    pub d_model: usize,
     /// Singular values of the head's `W_Q`, `[d_model, d_head]`, largest first.
     pub sigma_q: Vec<f64>,
     /// Singular values of the head's `W_K`, largest first.
@@ -176,6 +178,7 @@ pub fn head_spectrum(
     HeadSpectrum {
         module: module.to_string(),
         head,
+        d_model,
         sigma_q,
         sigma_k,
         spectrum_distance,

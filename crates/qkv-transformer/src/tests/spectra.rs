@@ -309,3 +309,17 @@ fn heads_are_the_projection_columns() {
     assert_eq!(by_hand, heads[4]);
     assert_eq!(attention_spectra("x", attn).len(), 3);
 }
+
+#[test]
+fn encoder_decoder_heads_are_all_measured() {
+    let device = flex();
+    let model = crate::Seq2SeqConfig::new(10, 10, 8, 8)
+        .with_d_model(12)
+        .with_n_heads(3)
+        .init(&device);
+    let heads = crate::interp::spectra::seq2seq_spectra(&model);
+    let (enc, dec) = (model.encoder.len(), model.decoder.len());
+    assert_eq!(heads.len(), 3 * (enc + 2 * dec));
+    assert_eq!(heads[3 * enc].module, "decoder.0.self_attn");
+    assert_eq!(heads[3 * enc + 3].module, "decoder.0.cross_attn");
+}
