@@ -101,7 +101,7 @@ fn compare_refuses_bad_flags() {
         (vec!["--gaps", "5000"], "--gaps"),
         (vec!["--steps", "0"], "--steps"),
         (vec!["--seq-lens", "0"], "--seq-lens"),
-        (vec!["--lr", "-1"], "--lr"),
+        (vec!["--lr=-1"], "--lr"),
     ] {
         let mut args = vec!["compare"];
         args.extend(flags);
