@@ -202,7 +202,7 @@ fn schedule(config: &mut TrainConfig, steps: usize, seed: u64) {
 }
 
 /// A trained model of either family, for evaluation.
-enum Model {
+pub(crate) enum Model {
     Gpt(Gpt),
     Rnn(RecurrentLm),
 }
@@ -283,7 +283,7 @@ fn seeded<T: Task>(task: &T, device: &Device) -> Result<T::Model> {
 
 /// Held-out accuracy on `examples` recall examples: overall, and `(distance, correct,
 /// total)` for each distance between a pair and its query.
-fn accuracy_by_distance(
+pub(crate) fn accuracy_by_distance(
     model: &Model,
     task: &RecallTask,
     examples: usize,

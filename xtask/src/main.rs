@@ -14,6 +14,7 @@
 //! * `bench`: the benchmark suite on chosen backends, beside PyTorch if asked.
 //! * `compare`: attention against LSTM and GRU baselines on the same tasks.
 //! * `spectra`: the singular values and eigenvalues behind each head's Q and K.
+//! * `lengths`: recall on sequences longer than training's, per position encoding.
 //!
 //! Backends are chosen by name through `qkv-backends`, the one crate that names them.
 
@@ -23,6 +24,7 @@ mod bench_gpt2;
 mod compare;
 mod eval;
 mod interp;
+mod lengths;
 mod model;
 mod page;
 mod sample;
@@ -116,6 +118,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// The spectra of each head's Query and Key matrices, trained against random.
     Spectra(spectra::SpectraArgs),
+    /// Recall on sequences longer than training's, for each position encoding.
+    Lengths(lengths::LengthsArgs),
 }
 
 fn main() {
@@ -134,6 +138,7 @@ fn main() {
         Command::Translate(args) => translate::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Spectra(args) => spectra::run(args),
+        Command::Lengths(args) => lengths::run(args),
     });
     if let Err(error) = result {
         eprintln!("error: {error:#}");

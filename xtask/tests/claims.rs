@@ -150,3 +150,66 @@ fn spectra_of_a_trained_run_and_its_initialisation() {
         text(&missing.stderr)
     );
 }
+
+#[test]
+fn lengths_scores_every_encoding_at_every_length() {
+    let dir = temp_dir("cli-lengths");
+    let out = dir.join("lengths");
+    let run = xtask(&[
+        "lengths",
+        "--train-pairs",
+        "2",
+        "--eval-pairs",
+        "2,4",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--n-layers",
+        "1",
+        "--d-model",
+        "8",
+        "--n-heads",
+        "2",
+        "--eval-examples",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let report = json(&out.join("lengths.json"));
+    let encodings = report["encodings"].as_array().unwrap();
+    let names: Vec<&str> = encodings
+        .iter()
+        .map(|e| e["encoding"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["learned", "sinusoidal", "rotary"]);
+    for e in encodings {
+        let scores = e["scores"].as_array().unwrap();
+        let lengths: Vec<u64> = scores
+            .iter()
+            .map(|s| s["sequence"].as_u64().unwrap())
+            .collect();
+        assert_eq!(lengths, [7, 15]);
+        for s in scores {
+            let counted: u64 = s["by_distance"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["total"].as_u64().unwrap())
+                .sum();
+            assert_eq!(counted, 8 * s["sequence"].as_u64().unwrap().div_ceil(4));
+        }
+    }
+    // The model was built for the longest evaluation (15 tokens), trained on 7.
+    let config = json(&out.join("learned/config.json"));
+    assert_eq!(config["model"]["block_size"], 15);
+    assert!(is_png(&out.join("lengths.png")));
+    let bad = xtask(&["lengths", "--eval-pairs", "17"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("--eval-pairs"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
