@@ -103,9 +103,47 @@ pub struct LengthsArgs {
     /// Backend: flex, ndarray, wgpu, vulkan, cuda.
     #[arg(long, default_value = "flex")]
     backend: Backend,
+    /// Also score a translation run (`train --task translate`) by source length: greedy
+    /// exact match of held-out sentences, grouped by their number of source tokens.
+    #[arg(long)]
+    translate: Option<PathBuf>,
+    /// Held-out sentences translated for `--translate`.
+    #[arg(long, default_value_t = 2000)]
+    translate_examples: usize,
     /// Output directory.
     #[arg(long, default_value = "runs/lengths")]
     out: PathBuf,
+}
+
+/// Greedy exact match of `examples` held-out sentences of a translation run, as
+/// `(source tokens, correct, total)` for each source length.
+fn translation_by_length(
+    run_dir: &std::path::Path,
+    examples: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<(usize, usize, usize)>> {
+    let translator = qkv_trainer::translate::load_translator(run_dir, device)?;
+    let mut rng = qkv_transformer::SplitMix64::new(seed ^ 0x7a45);
+    let pairs: Vec<(String, String)> = (0..examples)
+        .map(|_| {
+            translator
+                .task
+                .example(qkv_data::Split::Val, &mut |n| rng.below(n))
+        })
+        .collect();
+    let mut tally = std::collections::BTreeMap::<usize, (usize, usize)>::new();
+    for chunk in pairs.chunks(250) {
+        let sources: Vec<&str> = chunk.iter().map(|(s, _)| s.as_str()).collect();
+        let out = translator.translate(&sources, 1)?;
+        for ((source, target), (got, translation)) in chunk.iter().zip(out) {
+            let n = qkv_data::translate::TranslationVocab::split_source(source).len();
+            let entry = tally.entry(n).or_default();
+            entry.0 += (translation.finished && got == *target) as usize;
+            entry.1 += 1;
+        }
+    }
+    Ok(tally.into_iter().map(|(n, (c, t))| (n, c, t)).collect())
 }
 
 fn task(pairs: usize) -> RecallTask {
@@ -133,6 +171,7 @@ pub fn run(args: LengthsArgs) -> Result<()> {
         (args.steps, "--steps"),
         (args.batch_size, "--batch-size"),
         (args.eval_examples, "--eval-examples"),
+        (args.translate_examples, "--translate-examples"),
     ] {
         if value == 0 || value > 1 << 20 {
             bail!("{flag} must be in 1..=1048576, got {value}");
@@ -215,6 +254,22 @@ pub fn run(args: LengthsArgs) -> Result<()> {
         );
         rows.push(json!({"encoding": encoding.name(), "wall_s": summary.wall_s, "scores": scores}));
     }
+    let translation = match &args.translate {
+        Some(dir) => {
+            let rows = translation_by_length(dir, args.translate_examples, args.seed, &device)?;
+            println!(
+                "translation exact match by source tokens: {}",
+                rows.iter()
+                    .map(|&(n, c, t)| format!("{n}: {:.1}% of {t}", c as f64 / t as f64 * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            rows.iter()
+                .map(|&(n, c, t)| json!({"source_tokens": n, "correct": c, "total": t}))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let machine = MachineInfo::detect();
     let report = json!({
         "machine": {"cpu": machine.cpu, "simd": machine.simd, "threads": machine.threads},
@@ -226,6 +281,7 @@ pub fn run(args: LengthsArgs) -> Result<()> {
             "d_model": args.d_model, "eval_examples": args.eval_examples, "seed": args.seed,
         },
         "encodings": rows,
+        "translation": {"run": args.translate.as_ref().map(|p| p.display().to_string()), "by_source_tokens": translation},
     });
     let mut md = format!(
         "Trained on {} tokens ({} pairs); held-out recall accuracy by evaluation length. {} ({}), {} threads.\n\n| encoding |",
@@ -247,6 +303,24 @@ pub fn run(args: LengthsArgs) -> Result<()> {
             md += &format!(" {:.1}% |", s["accuracy"].as_f64().unwrap_or(0.0) * 100.0);
         }
         md += "\n";
+    }
+    if let Some(rows) = report["translation"]["by_source_tokens"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
+        md += "\nTranslation, greedy exact match by source tokens:\n\n| source tokens | exact match | sentences |\n|---:|---:|---:|\n";
+        for r in rows {
+            let (c, t) = (
+                r["correct"].as_f64().unwrap_or(0.0),
+                r["total"].as_f64().unwrap_or(1.0),
+            );
+            md += &format!(
+                "| {} | {:.1}% | {} |\n",
+                r["source_tokens"],
+                c / t * 100.0,
+                r["total"]
+            );
+        }
     }
     let plot = LinePlot {
         title: format!(

@@ -205,6 +205,74 @@ fn lengths_scores_every_encoding_at_every_length() {
     let config = json(&out.join("learned/config.json"));
     assert_eq!(config["model"]["block_size"], 15);
     assert!(is_png(&out.join("lengths.png")));
+
+    // A translation run scored by source length, and its spectra (encoder, decoder self- and
+    // cross-attention).
+    let translate = dir.join("translate");
+    let trained = xtask(&[
+        "train",
+        "--task",
+        "translate",
+        "--out",
+        translate.to_str().unwrap(),
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-sentences",
+        "8",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--d-model",
+        "16",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(trained.status.success(), "{}", text(&trained.stderr));
+    let out2 = dir.join("lengths2");
+    let run = xtask(&[
+        "lengths",
+        "--encodings",
+        "rotary",
+        "--train-pairs",
+        "2",
+        "--eval-pairs",
+        "2",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--n-layers",
+        "1",
+        "--d-model",
+        "8",
+        "--n-heads",
+        "2",
+        "--eval-examples",
+        "4",
+        "--translate",
+        translate.to_str().unwrap(),
+        "--translate-examples",
+        "40",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let rows = json(&out2.join("lengths.json"))["translation"]["by_source_tokens"].clone();
+    let total: u64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40, "{rows}");
+    let spectra = xtask(&["spectra", "--checkpoint", translate.to_str().unwrap()]);
+    assert!(spectra.status.success(), "{}", text(&spectra.stderr));
+    let stdout = text(&spectra.stdout);
+    assert!(stdout.contains("decoder.0.cross_attn.1"), "{stdout}");
+
     let bad = xtask(&["lengths", "--eval-pairs", "17"]);
     assert!(!bad.status.success());
     assert!(
