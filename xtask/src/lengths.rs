@@ -107,6 +107,9 @@ pub struct LengthsArgs {
     /// exact match of held-out sentences, grouped by their number of source tokens.
     #[arg(long)]
     translate: Option<PathBuf>,
+    /// Score only the `--translate` run; train no recall models.
+    #[arg(long, requires = "translate")]
+    translation_only: bool,
     /// Held-out sentences translated for `--translate`.
     #[arg(long, default_value_t = 2000)]
     translate_examples: usize,
@@ -199,7 +202,12 @@ pub fn run(args: LengthsArgs) -> Result<()> {
         args.batch_size
     );
     let mut rows = Vec::new();
-    for &encoding in &args.encodings {
+    let encodings: &[Encoding] = if args.translation_only {
+        &[]
+    } else {
+        &args.encodings
+    };
+    for &encoding in encodings {
         let train_task = task(args.train_pairs);
         let mut config = TrainConfig::recall();
         config.model.n_layers = args.n_layers;
@@ -329,8 +337,7 @@ pub fn run(args: LengthsArgs) -> Result<()> {
         ),
         x_label: "evaluation sequence length (tokens)".into(),
         y_label: "held-out accuracy".into(),
-        series: args
-            .encodings
+        series: encodings
             .iter()
             .zip(report["encodings"].as_array().into_iter().flatten())
             .map(|(e, row)| Series {
