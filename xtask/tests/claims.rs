@@ -12,6 +12,22 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A toy model and schedule, shared by `compare` and `lengths`.
+const TOY: [&str; 12] = [
+    "--steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--n-layers",
+    "1",
+    "--d-model",
+    "8",
+    "--n-heads",
+    "2",
+    "--eval-examples",
+    "8",
+];
+
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG"))
 }
@@ -20,33 +36,23 @@ fn is_png(path: &Path) -> bool {
 fn compare_writes_every_figure() {
     let dir = temp_dir("cli-compare");
     let out = dir.join("compare");
-    let run = xtask(&[
-        "compare",
-        "--gaps",
-        "0,3",
-        "--pairs",
-        "2",
-        "--models",
-        "gpt,gru",
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--n-layers",
-        "1",
-        "--d-model",
-        "8",
-        "--n-heads",
-        "2",
-        "--eval-examples",
-        "8",
-        "--seq-lens",
-        "4,8",
-        "--timing-batch",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = xtask(
+        &[
+            &[
+                "compare", "--gaps", "0,3", "--pairs", "2", "--models", "gpt,gru",
+            ][..],
+            &TOY[..],
+            &[
+                "--seq-lens",
+                "4,8",
+                "--timing-batch",
+                "2",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+        ]
+        .concat(),
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let report = json(&out.join("compare.json"));
     let recall = report["recall"].as_array().unwrap();
@@ -155,27 +161,14 @@ fn spectra_of_a_trained_run_and_its_initialisation() {
 fn lengths_scores_every_encoding_at_every_length() {
     let dir = temp_dir("cli-lengths");
     let out = dir.join("lengths");
-    let run = xtask(&[
-        "lengths",
-        "--train-pairs",
-        "2",
-        "--eval-pairs",
-        "2,4",
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--n-layers",
-        "1",
-        "--d-model",
-        "8",
-        "--n-heads",
-        "2",
-        "--eval-examples",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = xtask(
+        &[
+            &["lengths", "--train-pairs", "2", "--eval-pairs", "2,4"][..],
+            &TOY[..],
+            &["--out", out.to_str().unwrap()][..],
+        ]
+        .concat(),
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let report = json(&out.join("lengths.json"));
     let encodings = report["encodings"].as_array().unwrap();

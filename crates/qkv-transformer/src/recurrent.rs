@@ -23,7 +23,8 @@
 
 use burn::module::Module;
 use burn::nn::{
-    Embedding, EmbeddingConfig, Gru, GruConfig, Linear, LinearConfig, Lstm, LstmConfig,
+    Embedding, EmbeddingConfig, GateController, Gru, GruConfig, Linear, LinearConfig, Lstm,
+    LstmConfig,
 };
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, tanh};
@@ -217,33 +218,27 @@ fn probe_all(
         .collect()
 }
 
-/// The weights and summed biases of several gates side by side: `[d_in, gates·d_hidden]`
-/// for the inputs, `[d_hidden, gates·d_hidden]` for the hidden state, `[1, gates·d_hidden]`
-/// for the biases of both.
-fn side_by_side(gates: &[&burn::nn::GateController]) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
-    let w_x = Tensor::cat(
-        gates
-            .iter()
-            .map(|g| g.input_transform.weight.val())
-            .collect(),
-        1,
-    );
-    let w_h = Tensor::cat(
-        gates
-            .iter()
-            .map(|g| g.hidden_transform.weight.val())
-            .collect(),
-        1,
-    );
+/// One of the two transforms of several gates side by side: the weights as
+/// `[d_in, gates·d_hidden]` and the biases as `[1, gates·d_hidden]` (when the layer has them),
+/// so that a time step's gates are one matrix product.
+fn stacked(
+    gates: &[&GateController],
+    transform: fn(&GateController) -> &Linear,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let weight = Tensor::cat(gates.iter().map(|g| transform(g).weight.val()).collect(), 1);
     let biases: Option<Vec<Tensor<1>>> = gates
         .iter()
-        .map(|g| {
-            let x = g.input_transform.bias.as_ref()?.val();
-            let h = g.hidden_transform.bias.as_ref()?.val();
-            Some(x + h)
-        })
+        .map(|g| transform(g).bias.as_ref().map(|b| b.val()))
         .collect();
-    (w_x, w_h, biases.map(|b| Tensor::cat(b, 0).unsqueeze::<2>()))
+    (weight, biases.map(|b| Tensor::cat(b, 0).unsqueeze::<2>()))
+}
+
+fn input_of(g: &GateController) -> &Linear {
+    &g.input_transform
+}
+
+fn hidden_of(g: &GateController) -> &Linear {
+    &g.hidden_transform
 }
 
 /// Burn's LSTM equations (input, forget, cell, output gates; sigmoid gates, tanh cell and
@@ -253,8 +248,10 @@ fn lstm_steps(lstm: &Lstm, inputs: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
         .forget_gate
         .as_ref()
         .expect("RecurrentConfig builds LSTMs with a forget gate");
-    let (w_x, w_h, bias) =
-        side_by_side(&[&lstm.input_gate, forget, &lstm.cell_gate, &lstm.output_gate]);
+    let gates = [&lstm.input_gate, forget, &lstm.cell_gate, &lstm.output_gate];
+    let (w_x, b_x) = stacked(&gates, input_of);
+    let (w_h, b_h) = stacked(&gates, hidden_of);
+    let bias = b_x.zip(b_h).map(|(x, h)| x + h);
     let d = lstm.d_hidden;
     let Some(first) = inputs.first() else {
         return Vec::new();
@@ -285,28 +282,8 @@ fn lstm_steps(lstm: &Lstm, inputs: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
 fn gru_steps(gru: &Gru, inputs: Vec<Tensor<2>>) -> Vec<Tensor<2>> {
     let d = gru.d_hidden;
     let gates = [&gru.update_gate, &gru.reset_gate, &gru.new_gate];
-    let w_x = Tensor::cat(
-        gates
-            .iter()
-            .map(|g| g.input_transform.weight.val())
-            .collect(),
-        1,
-    );
-    let w_h = Tensor::cat(
-        gates
-            .iter()
-            .map(|g| g.hidden_transform.weight.val())
-            .collect(),
-        1,
-    );
-    let bias = |of: fn(&burn::nn::GateController) -> &Linear| -> Option<Tensor<2>> {
-        let b: Option<Vec<Tensor<1>>> = gates
-            .iter()
-            .map(|g| of(g).bias.as_ref().map(|b| b.val()))
-            .collect();
-        b.map(|b| Tensor::cat(b, 0).unsqueeze::<2>())
-    };
-    let (b_x, b_h) = (bias(|g| &g.input_transform), bias(|g| &g.hidden_transform));
+    let (w_x, b_x) = stacked(&gates, input_of);
+    let (w_h, b_h) = stacked(&gates, hidden_of);
     let Some(first) = inputs.first() else {
         return Vec::new();
     };
