@@ -5,7 +5,7 @@
 //!
 //! Accepts a GPT run (`train`), an encoder–decoder run (`train --task translate`), a Hugging
 //! Face GPT-2 directory, or a GPT-2 on the Hub (`--model gpt2`). Writes `spectra.json` (every
-//! head's singular values, cosines and eigenvalues), `spectra.md` (the table) and two plots.
+//! head's singular values, cosines and eigenvalues), `spectra.md` (the table) and three plots.
 
 use std::path::{Path, PathBuf};
 
@@ -155,8 +155,12 @@ pub fn run(args: SpectraArgs) -> Result<()> {
         "spectra-singular.png",
         &singular_plot(&m).render().png_bytes(),
     )?;
+    write(
+        "spectra-eigen.png",
+        &eigen_plot(&m).render_points().png_bytes(),
+    )?;
     println!(
-        "wrote spectra.md, spectra.json, spectra-heads.png, spectra-singular.png to {}",
+        "wrote spectra.md, spectra.json, spectra-heads.png, spectra-singular.png, spectra-eigen.png to {}",
         out.display()
     );
     Ok(())
@@ -243,6 +247,43 @@ fn singular_plot(m: &Measured) -> LinePlot {
                 Rgb(240, 160, 160),
                 mean_spectrum(&m.init, &|h| &h.sigma_k),
             ),
+        ],
+    }
+}
+
+/// Every head's eigenvalues of `W_Q W_Kᵀ` in the complex plane, each head's scaled by its
+/// largest modulus: on the positive real axis for a similarity, on the imaginary axis for an
+/// antisymmetric form.
+fn eigen_plot(m: &Measured) -> LinePlot {
+    let points = |set: &[HeadSpectrum]| -> Vec<(f64, f64)> {
+        set.iter()
+            .flat_map(|h| {
+                let top = h
+                    .eigenvalues
+                    .iter()
+                    .map(|&(re, im)| re.hypot(im))
+                    .fold(f64::MIN_POSITIVE, f64::max);
+                h.eigenvalues
+                    .iter()
+                    .map(move |&(re, im)| (re / top, im / top))
+            })
+            .collect()
+    };
+    LinePlot {
+        title: "eigenvalues of W_Q W_K^T, each head scaled by its largest".into(),
+        x_label: "real part".into(),
+        y_label: "imaginary part".into(),
+        series: vec![
+            Series {
+                name: "random init".into(),
+                color: Rgb(240, 160, 160),
+                points: points(&m.init),
+            },
+            Series {
+                name: "trained".into(),
+                color: Rgb(31, 119, 180),
+                points: points(&m.trained),
+            },
         ],
     }
 }

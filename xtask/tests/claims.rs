@@ -144,6 +144,7 @@ fn spectra_of_a_trained_run_and_its_initialisation() {
     assert_ne!(report["heads"]["trained"], report["heads"]["init"]);
     assert!(is_png(&run.join("spectra/spectra-heads.png")));
     assert!(is_png(&run.join("spectra/spectra-singular.png")));
+    assert!(is_png(&run.join("spectra/spectra-eigen.png")));
     let missing = xtask(&[
         "spectra",
         "--checkpoint",

@@ -34,8 +34,17 @@ const TOP: i64 = 40;
 const BOTTOM: i64 = 60;
 
 impl LinePlot {
-    /// Draws the plot (800 × 500).
+    /// Draws the plot (800 × 500), each series as a line.
     pub fn render(&self) -> Canvas {
+        self.draw(false)
+    }
+
+    /// Draws the plot (800 × 500), each series as unconnected points: a scatter plot.
+    pub fn render_points(&self) -> Canvas {
+        self.draw(true)
+    }
+
+    fn draw(&self, points_only: bool) -> Canvas {
         let mut c = Canvas::new(W, H);
         let points = self
             .series
@@ -89,11 +98,14 @@ impl LinePlot {
                 .filter(|p| p.1.is_finite())
                 .map(|&(x, y)| (px(x), py(y)))
                 .collect();
-            for pair in pts.windows(2) {
-                c.line(pair[0], pair[1], s.color, 2);
-            }
-            if pts.len() == 1 {
-                c.fill_rect(pts[0].0 - 2, pts[0].1 - 2, 5, 5, s.color);
+            if points_only || pts.len() == 1 {
+                for p in &pts {
+                    c.fill_rect(p.0 - 2, p.1 - 2, 5, 5, s.color);
+                }
+            } else {
+                for pair in pts.windows(2) {
+                    c.line(pair[0], pair[1], s.color, 2);
+                }
             }
         }
         c.text(
@@ -163,5 +175,29 @@ mod tests {
         assert!(reds > 500, "the line is drawn: {reds} pixels");
         let bytes = c.png_bytes();
         assert_eq!(&bytes[1..4], b"PNG");
+    }
+
+    #[test]
+    fn scatter_draws_each_point_and_no_line() {
+        let red = Rgb(200, 0, 0);
+        let plot = LinePlot {
+            title: "eigenvalues".into(),
+            x_label: "re".into(),
+            y_label: "im".into(),
+            series: vec![Series {
+                name: "x".into(),
+                color: red,
+                points: vec![(0.0, 0.0), (1.0, 1.0), (2.0, 0.0)],
+            }],
+        };
+        let count = |c: &Canvas| {
+            (0..c.height)
+                .flat_map(|y| (0..c.width).map(move |x| (x, y)))
+                .filter(|&(x, y)| c.get(x, y) == red)
+                .count()
+        };
+        // Three 5 × 5 markers plus the legend's 16 × 4 swatch, far fewer than two lines.
+        assert_eq!(count(&plot.render_points()), 3 * 25 + 64);
+        assert!(count(&plot.render()) > 500);
     }
 }
