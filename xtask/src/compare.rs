@@ -16,24 +16,23 @@
 //! Everything goes to `--out`: `compare.json` (every figure), `compare.md` (the tables) and
 //! four PNG plots.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::claims::{Model, accuracy_by_distance, check_counts, check_lr};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use qkv_backends::{Backend, MachineInfo};
-use qkv_data::{IGNORE, RecallTask, Split};
-use qkv_plot::{LinePlot, Rgb, Series};
+use qkv_data::{RecallTask, Split};
+use qkv_plot::Rgb;
 use qkv_trainer::{
-    DataConfig, LanguageModel, RecurrentLanguageModel, Start, Task, TrainConfig, Trainer, tensors,
+    DataConfig, LanguageModel, RecurrentLanguageModel, Start, TrainConfig, Trainer, tensors,
 };
-use qkv_transformer::interp::{gpt_position_gradients, recurrent_position_gradients};
-use qkv_transformer::recurrent::{RecurrentCell, RecurrentLm};
-use qkv_transformer::{Gpt, SplitMix64, cross_entropy};
-use serde_json::{Value, json};
+use qkv_transformer::SplitMix64;
+use qkv_transformer::recurrent::RecurrentCell;
+use serde_json::json;
 
 /// The models compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +46,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ModelKind::Gpt => "gpt",
             ModelKind::Lstm => "lstm",
@@ -55,7 +54,7 @@ impl ModelKind {
         }
     }
 
-    fn color(self) -> Rgb {
+    pub(crate) fn color(self) -> Rgb {
         match self {
             ModelKind::Gpt => Rgb(31, 119, 180),
             ModelKind::Lstm => Rgb(214, 39, 40),
@@ -149,20 +148,13 @@ impl CompareArgs {
         if let Some(&l) = self.seq_lens.iter().find(|&&l| l == 0 || l > 1 << 14) {
             bail!("--seq-lens takes lengths in 1..=16384, got {l}");
         }
-        for (value, flag) in [
+        check_counts(&[
             (self.steps, "--steps"),
             (self.batch_size, "--batch-size"),
             (self.eval_examples, "--eval-examples"),
             (self.timing_batch, "--timing-batch"),
-        ] {
-            if value == 0 || value > 1 << 20 {
-                bail!("{flag} must be in 1..=1048576, got {value}");
-            }
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", self.lr);
-        }
-        Ok(())
+        ])?;
+        check_lr(self.lr)
     }
 
     /// The training config of every model on recall with a gap of `gap` fillers.
@@ -202,36 +194,11 @@ fn schedule(config: &mut TrainConfig, steps: usize, seed: u64) {
     config.seed = seed;
 }
 
-/// A trained model of either family, for evaluation.
-pub(crate) enum Model {
-    Gpt(Gpt),
-    Rnn(RecurrentLm),
-}
-
-impl Model {
-    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        match self {
-            Model::Gpt(m) => m.forward(tokens),
-            Model::Rnn(m) => m.forward(tokens),
-        }
-    }
-
-    /// Norms of the gradient of the recall loss reaching each layer at each position
-    /// (`model` on an autodiff device).
-    fn position_gradients(&self, x: Tensor<2, Int>, y: Tensor<2, Int>) -> Result<Vec<Vec<f64>>> {
-        let loss = |logits| cross_entropy(logits, y, Some(IGNORE));
-        Ok(match self {
-            Model::Gpt(m) => gpt_position_gradients(m, x, loss)?.norms,
-            Model::Rnn(m) => recurrent_position_gradients(m, x, loss).norms,
-        })
-    }
-}
-
 /// What training one model produced.
 struct Trained {
     /// The trained model on the autodiff device.
     model: Model,
-    /// The model before training (same seed), on the autodiff device.
+    /// The trainer's freshly initialised model, kept before training, on the autodiff device.
     init: Model,
     wall_s: f64,
     ms_per_step: f64,
@@ -248,8 +215,8 @@ fn train(kind: ModelKind, config: TrainConfig, args: &CompareArgs, run: &Path) -
     Ok(match kind.cell() {
         None => {
             let task = LanguageModel::open(config, &args.cache_dir)?;
-            let init = Model::Gpt(seeded(&task, &device)?);
             let mut trainer = Trainer::new(task, run, &device, Start::Overwrite)?;
+            let init = Model::Gpt(trainer.model.clone());
             let (wall_s, ms_per_step, val_loss) = done(trainer.run(&stop, None, |_| {})?)?;
             Trained {
                 model: Model::Gpt(trainer.model),
@@ -261,8 +228,8 @@ fn train(kind: ModelKind, config: TrainConfig, args: &CompareArgs, run: &Path) -
         }
         Some(cell) => {
             let task = RecurrentLanguageModel::open(config, cell, &args.cache_dir)?;
-            let init = Model::Rnn(seeded(&task, &device)?);
             let mut trainer = Trainer::new(task, run, &device, Start::Overwrite)?;
+            let init = Model::Rnn(trainer.model.clone());
             let (wall_s, ms_per_step, val_loss) = done(trainer.run(&stop, None, |_| {})?)?;
             Trained {
                 model: Model::Rnn(trainer.model),
@@ -273,57 +240,6 @@ fn train(kind: ModelKind, config: TrainConfig, args: &CompareArgs, run: &Path) -
             }
         }
     })
-}
-
-/// The model a task starts from, initialised as the trainer does (the device's generator
-/// seeded with the run's seed).
-fn seeded<T: Task>(task: &T, device: &Device) -> Result<T::Model> {
-    device.seed(task.recipe().seed);
-    Ok(task.init_model(device)?)
-}
-
-/// Held-out accuracy on `examples` recall examples: overall, and `(distance, correct,
-/// total)` for each distance between a pair and its query.
-pub(crate) fn accuracy_by_distance(
-    model: &Model,
-    task: &RecallTask,
-    examples: usize,
-    seed: u64,
-    device: &Device,
-) -> (f64, Vec<(usize, usize, usize)>) {
-    let mut rng = SplitMix64::new(seed ^ 0xd157_a9ce);
-    let mut tally: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-    let mut left = examples;
-    while left > 0 {
-        let n = left.min(64);
-        left -= n;
-        let batch = task.batch(Split::Val, n, &mut |k| rng.below(k));
-        let (x, _) = tensors(&batch, device);
-        let predicted: Vec<i64> = model
-            .forward(x)
-            .argmax(2)
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec_as::<i64>()
-            .expect("int predictions");
-        for row in 0..n {
-            let span = row * batch.seq..(row + 1) * batch.seq;
-            let distances = task.answer_distances(&batch.inputs[span.clone()]);
-            for (t, d) in distances.into_iter().enumerate() {
-                if let Some(d) = d {
-                    let i = span.start + t;
-                    let entry = tally.entry(d).or_default();
-                    entry.0 += (predicted[i] == batch.targets[i]) as usize;
-                    entry.1 += 1;
-                }
-            }
-        }
-    }
-    let (correct, total) = tally
-        .values()
-        .fold((0, 0), |(c, t), &(dc, dt)| (c + dc, t + dt));
-    let rows = tally.into_iter().map(|(d, (c, t))| (d, c, t)).collect();
-    (correct as f64 / total.max(1) as f64, rows)
 }
 
 /// Median milliseconds of one forward + backward pass of a fresh `kind` model on random
@@ -485,193 +401,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         "shakespeare": shakespeare,
         "wall_s": started.elapsed().as_secs_f64(),
     });
-    write_outputs(&args, &report)?;
+    crate::compare_report::write_outputs(&args.out, &args.models, &report)?;
     println!(
         "wrote compare.json, compare.md and 4 plots to {}",
         args.out.display()
     );
     Ok(())
-}
-
-fn write_outputs(args: &CompareArgs, report: &Value) -> Result<()> {
-    let write = |name: &str, bytes: &[u8]| -> Result<()> {
-        let path = args.out.join(name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
-    };
-    write(
-        "compare.json",
-        serde_json::to_string_pretty(report)?.as_bytes(),
-    )?;
-    write("compare.md", markdown(report).as_bytes())?;
-    let rows = report["recall"].as_array().cloned().unwrap_or_default();
-    let series_of = |points: &dyn Fn(&str) -> Vec<(f64, f64)>| -> Vec<Series> {
-        args.models
-            .iter()
-            .map(|&kind| Series {
-                name: kind.name().into(),
-                color: kind.color(),
-                points: points(kind.name()),
-            })
-            .collect()
-    };
-    let plots = [
-        (
-            "recall-accuracy.png",
-            LinePlot {
-                title: "held-out recall accuracy vs gap".into(),
-                x_label: "filler tokens between pairs and queries".into(),
-                y_label: "accuracy".into(),
-                series: series_of(&|m| {
-                    rows.iter()
-                        .filter(|r| r["model"] == m)
-                        .map(|r| {
-                            (
-                                r["gap"].as_f64().unwrap_or(0.0),
-                                r["accuracy"].as_f64().unwrap_or(0.0),
-                            )
-                        })
-                        .collect()
-                }),
-            },
-        ),
-        (
-            "recall-distance.png",
-            LinePlot {
-                title: format!(
-                    "accuracy vs distance to the pair, gap {}",
-                    report["gradients"]["gap"]
-                ),
-                x_label: "tokens between the pair and its query".into(),
-                y_label: "accuracy".into(),
-                series: series_of(&|m| {
-                    rows.iter()
-                        .filter(|r| r["model"] == m && r["gap"] == report["gradients"]["gap"])
-                        .flat_map(|r| r["by_distance"].as_array().cloned().unwrap_or_default())
-                        .map(|b| {
-                            let c = b["correct"].as_f64().unwrap_or(0.0);
-                            let t = b["total"].as_f64().unwrap_or(1.0).max(1.0);
-                            (b["distance"].as_f64().unwrap_or(0.0), c / t)
-                        })
-                        .collect()
-                }),
-            },
-        ),
-        (
-            "gradients.png",
-            LinePlot {
-                title: "log10 gradient norm at the embeddings, trained".into(),
-                x_label: "position".into(),
-                y_label: "log10 |dloss/dx|".into(),
-                series: series_of(&|m| {
-                    report["gradients"]["norms"][m]["trained"][0]
-                        .as_array()
-                        .map(|row| {
-                            row.iter()
-                                .enumerate()
-                                .filter_map(|(t, g)| {
-                                    let g = g.as_f64()?;
-                                    (g > 0.0).then(|| (t as f64, g.log10()))
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                }),
-            },
-        ),
-        (
-            "step-time.png",
-            LinePlot {
-                title: "forward + backward time vs sequence length".into(),
-                x_label: "sequence length".into(),
-                y_label: "ms".into(),
-                series: series_of(&|m| {
-                    report["timing"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|t| t["model"] == m)
-                        .flat_map(|t| t["times"].as_array().cloned().unwrap_or_default())
-                        .map(|p| {
-                            (
-                                p["seq"].as_f64().unwrap_or(0.0),
-                                p["ms"].as_f64().unwrap_or(0.0),
-                            )
-                        })
-                        .collect()
-                }),
-            },
-        ),
-    ];
-    for (name, plot) in plots {
-        write(name, &plot.render().png_bytes())?;
-    }
-    Ok(())
-}
-
-/// The tables of `compare.md`.
-fn markdown(report: &Value) -> String {
-    let machine = &report["machine"];
-    let mut s = format!(
-        "Machine: {} ({}), {} threads, backend {}\n\n| gap | seq | model | held-out accuracy | val loss | ms/step |\n|---:|---:|---|---:|---:|---:|\n",
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["simd"].as_str().unwrap_or("?"),
-        machine["threads"],
-        report["backend"].as_str().unwrap_or("?"),
-    );
-    for r in report["recall"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {:.1}% | {:.3} | {:.1} |\n",
-            r["gap"],
-            r["sequence"],
-            r["model"].as_str().unwrap_or("?"),
-            r["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
-            r["val_loss"].as_f64().unwrap_or(0.0),
-            r["ms_per_step"].as_f64().unwrap_or(0.0),
-        );
-    }
-    let norms = &report["gradients"]["norms"];
-    s += &format!(
-        "\nGradient norm reaching the embeddings (gap {}), first position / last pair position / last position:\n\n| model | init | trained |\n|---|---|---|\n",
-        report["gradients"]["gap"]
-    );
-    let pairs = report["settings"]["pairs"].as_u64().unwrap_or(1) as usize;
-    if let Some(models) = norms.as_object() {
-        for (model, g) in models {
-            let cell = |which: &str| {
-                let row = &g[which][0];
-                let at = |i: usize| row[i].as_f64().unwrap_or(f64::NAN);
-                let last = row.as_array().map(|r| r.len()).unwrap_or(1) - 1;
-                format!("{:.2e} / {:.2e} / {:.2e}", at(0), at(pairs - 1), at(last))
-            };
-            s += &format!("| {model} | {} | {} |\n", cell("init"), cell("trained"));
-        }
-    }
-    s += "\nForward + backward, ms:\n\n| model | seq: ms |\n|---|---|\n";
-    for t in report["timing"].as_array().into_iter().flatten() {
-        let times: Vec<String> = t["times"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| format!("{}: {:.1}", p["seq"], p["ms"].as_f64().unwrap_or(0.0)))
-            .collect();
-        s += &format!(
-            "| {} | {} |\n",
-            t["model"].as_str().unwrap_or("?"),
-            times.join(", ")
-        );
-    }
-    if let Some(rows) = report["shakespeare"].as_array().filter(|r| !r.is_empty()) {
-        s += "\nTiny Shakespeare:\n\n| model | steps | val loss | ms/step | wall s |\n|---|---:|---:|---:|---:|\n";
-        for r in rows {
-            s += &format!(
-                "| {} | {} | {:.4} | {:.1} | {:.1} |\n",
-                r["model"].as_str().unwrap_or("?"),
-                r["steps"],
-                r["val_loss"].as_f64().unwrap_or(0.0),
-                r["ms_per_step"].as_f64().unwrap_or(0.0),
-                r["wall_s"].as_f64().unwrap_or(0.0)
-            );
-        }
-    }
-    s
 }

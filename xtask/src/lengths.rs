@@ -21,7 +21,7 @@ use qkv_trainer::{DataConfig, LanguageModel, Start, TrainConfig, Trainer};
 use qkv_transformer::PositionalEncoding;
 use serde_json::json;
 
-use crate::compare::{Model, accuracy_by_distance};
+use crate::claims::{Model, accuracy_by_distance, check_counts, check_lr};
 
 /// A position encoding to train with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,19 +170,13 @@ pub fn run(args: LengthsArgs) -> Result<()> {
     if args.encodings.is_empty() {
         bail!("--encodings needs at least one encoding");
     }
-    for (value, flag) in [
+    check_counts(&[
         (args.steps, "--steps"),
         (args.batch_size, "--batch-size"),
         (args.eval_examples, "--eval-examples"),
         (args.translate_examples, "--translate-examples"),
-    ] {
-        if value == 0 || value > 1 << 20 {
-            bail!("{flag} must be in 1..=1048576, got {value}");
-        }
-    }
-    if !(args.lr > 0.0 && args.lr.is_finite()) {
-        bail!("--lr must be a positive number, got {}", args.lr);
-    }
+    ])?;
+    check_lr(args.lr)?;
     let device = args.backend.check()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -21,7 +21,9 @@
 mod attention;
 mod bench;
 mod bench_gpt2;
+mod claims;
 mod compare;
+mod compare_report;
 mod eval;
 mod interp;
 mod lengths;
