@@ -15,6 +15,7 @@
 //! * `compare`: attention against LSTM and GRU baselines on the same tasks.
 //! * `spectra`: the singular values and eigenvalues behind each head's Q and K.
 //! * `lengths`: recall on sequences longer than training's, per position encoding.
+//! * `serve-device`: serve this machine's devices to `train --devices ws://host:port`.
 //!
 //! Backends are chosen by name through `qkv-backends`, the one crate that names them.
 
@@ -30,6 +31,7 @@ mod lengths;
 mod model;
 mod page;
 mod sample;
+mod serve;
 mod spectra;
 mod summarize;
 mod train;
@@ -122,12 +124,27 @@ enum Command {
     Spectra(spectra::SpectraArgs),
     /// Recall on sequences longer than training's, for each position encoding.
     Lengths(lengths::LengthsArgs),
+    /// Serve this machine's devices to `train --devices ws://host:port` elsewhere.
+    ServeDevice(serve::ServeArgs),
 }
 
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
-    let result: Result<()> = on_rayon_worker(move || match cli.command {
+    let result: Result<()> = match cli.command {
+        // The server computes on threads of its own runtime; this thread only waits.
+        Command::ServeDevice(args) => serve::run(args),
+        command => on_rayon_worker(move || run(command)),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs every command but `serve-device`.
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Summarize(args) => summarize::run(args),
@@ -141,9 +158,6 @@ fn main() {
         Command::Compare(args) => compare::run(args),
         Command::Spectra(args) => spectra::run(args),
         Command::Lengths(args) => lengths::run(args),
-    });
-    if let Err(error) = result {
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
+        Command::ServeDevice(_) => unreachable!("served without the CPU pool"),
     }
 }

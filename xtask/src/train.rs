@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use qkv_backends::Backend;
+use qkv_backends::{Backend, DeviceSpec};
 use qkv_data::TranslationTask;
 use qkv_trainer::translate::{TranslateConfig, TranslationRun, load_translator};
 use qkv_trainer::{
@@ -64,9 +64,17 @@ pub struct TrainArgs {
     /// A JSON config file (as written to `config.json` by a run) instead of a preset.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where to compute: flex, ndarray or wgpu.
+    /// Where to compute: flex, ndarray, wgpu (vulkan, cuda in builds with them).
     #[arg(long, default_value = "flex")]
     backend: Backend,
+    /// Train data-parallel on several devices, comma-separated: indices of the backend's
+    /// devices (`0,1`; the CPU backends have device 0 only, which may repeat: `0,0` runs two
+    /// workers on it), `default` (the wgpu adapter), or remote devices served by
+    /// `cargo xtask serve-device` (`ws://host:port`, `ws://host:port/1`). Every batch is cut
+    /// across them; the first holds the model, the optimizer and the evaluations. Batch size,
+    /// schedule, checkpoints and resume are those of one device.
+    #[arg(long)]
+    devices: Option<String>,
     /// The run directory (default `runs/<preset>` or `runs/translate-<task>`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -327,7 +335,8 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     args.check_task_flags()?;
     let out = args.out();
-    let device = args.backend.check()?;
+    let devices = open_devices(&args)?;
+    let device = devices[0].1.clone();
     match args.task {
         TaskFlag::Lm => {
             let config = args.lm_config(&out)?;
@@ -344,7 +353,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 config.batch_size * config.grad_accum,
                 out.display()
             );
-            let (trainer, summary) = train(task, &out, &device, args.start())?;
+            let (trainer, summary) = train(task, &out, &devices, args.start())?;
             if let Some(eval) = &summary.final_eval
                 && config.data.recall().is_some()
             {
@@ -372,7 +381,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 config.batch_size,
                 out.display()
             );
-            let (_, summary) = train(task, &out, &device, args.start())?;
+            let (_, summary) = train(task, &out, &devices, args.start())?;
             if let Some(eval) = &summary.final_eval {
                 println!(
                     "held-out exact match: {:.2}% of {} sentences",
@@ -397,20 +406,61 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Trains any task into `out`: one Ctrl-C handler, one progress line, one report.
+/// The devices to train on, opened and probed: `--devices`, or the backend's one device.
+/// Names are as the user wrote them, for messages.
+fn open_devices(args: &TrainArgs) -> Result<Vec<(String, burn::prelude::Device)>> {
+    let Some(list) = &args.devices else {
+        return Ok(vec![(args.backend.to_string(), args.backend.check()?)]);
+    };
+    let specs = DeviceSpec::parse_list(list).map_err(anyhow::Error::msg)?;
+    let mut devices = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let device = spec.open(args.backend)?;
+        devices.push((spec.to_string(), device));
+    }
+    if devices.len() > 1 {
+        let names: Vec<&str> = devices.iter().map(|(name, _)| name.as_str()).collect();
+        println!(
+            "data-parallel on {} devices: {} (the model and optimizer on {})",
+            devices.len(),
+            names.join(", "),
+            names[0]
+        );
+    }
+    Ok(devices)
+}
+
+/// Trains any task into `out` on `devices` (the first holds the model): one Ctrl-C handler,
+/// one progress line, one report.
 fn train<T: Task>(
     task: T,
     out: &Path,
-    device: &burn::prelude::Device,
+    devices: &[(String, burn::prelude::Device)],
     start: Start,
 ) -> Result<(Trainer<T>, RunSummary)> {
+    let device = &devices[0].1;
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut trainer = Trainer::new(task, out, &device.clone().autodiff(), start)?;
+    let mut trainer = Trainer::new(task, out, &device.clone().autodiff(), start)?.with_devices(
+        devices
+            .iter()
+            .map(|(name, device)| (name.clone(), device.clone().autodiff()))
+            .collect(),
+    )?;
+    if !trainer.workers().is_empty() {
+        // A worker's panic (a remote device whose server went away) is caught and reported
+        // as an error naming the device; printing it as a crash as well would only confuse.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !qkv_trainer::parallel::in_worker() {
+                previous(info);
+            }
+        }));
+    }
     println!(
         "{:.2}M parameters",
         qkv_trainer::checkpoint::optimizer_names(&trainer.model)

@@ -57,6 +57,22 @@ pub enum TrainError {
         /// The step of the kept checkpoint (0 if none).
         last_good: usize,
     },
+    /// A device of a data-parallel run failed during a step (a remote device's server stopped,
+    /// its connection broke, its backend panicked). The step was not applied.
+    #[error(
+        "device {device} failed at step {step}: {reason}; training stopped and {}. Bring the device back (or leave it out of --devices) and continue with --resume",
+        kept(*.last_good)
+    )]
+    DeviceFailed {
+        /// The device, as it was named in `--devices`.
+        device: String,
+        /// The step being computed.
+        step: usize,
+        /// What failed (the panic or error message).
+        reason: String,
+        /// The step of the kept checkpoint (0 if none).
+        last_good: usize,
+    },
 }
 
 fn kept(last_good: usize) -> String {

@@ -65,6 +65,16 @@ impl NamedGrads {
         }
     }
 
+    /// Every gradient moved to `device` (a no-op for those already there).
+    pub fn to_device(self, device: &Device) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|(name, g)| (name, g.to_device(device)))
+                .collect(),
+        )
+    }
+
     /// The L2 norm of all gradients together (one device round trip).
     pub fn global_norm(&self) -> f64 {
         let squares: Vec<Tensor<1>> = self

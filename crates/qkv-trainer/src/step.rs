@@ -49,6 +49,22 @@ pub fn train_step<M: Module>(
         loss_sum += loss.into_scalar::<f32>() as f64;
         grads.accumulate(NamedGrads::collect(&model, &g));
     }
+    Ok(apply_update(
+        model, optimizer, grads, loss_sum, lr, grad_clip,
+    ))
+}
+
+/// The end of every step, one device or several: the global norm of the summed gradients,
+/// then AdamW, unless the loss or the norm is not a finite number (then the model comes back
+/// unchanged and the report says so).
+pub(crate) fn apply_update<M: Module>(
+    model: M,
+    optimizer: &mut AdamW,
+    grads: NamedGrads,
+    loss_sum: f64,
+    lr: f64,
+    grad_clip: f64,
+) -> (M, StepReport) {
     let grad_norm = if loss_sum.is_finite() {
         grads.global_norm()
     } else {
@@ -61,8 +77,8 @@ pub fn train_step<M: Module>(
         applied,
     };
     if !applied {
-        return Ok((model, report));
+        return (model, report);
     }
     let model = optimizer.step(model, &grads, lr, clip_factor(grad_norm, grad_clip));
-    Ok((model, report))
+    (model, report)
 }

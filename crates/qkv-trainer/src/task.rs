@@ -18,6 +18,7 @@ use crate::checkpoint::RunState;
 use crate::error::TrainError;
 use crate::metrics::HeadRecord;
 use crate::optim::AdamWSettings;
+use crate::parallel::Shard;
 use crate::schedule::WarmupCosine;
 
 /// The optimisation settings every task has: how long, how fast, how often to evaluate.
@@ -98,11 +99,14 @@ pub struct Evaluation {
 }
 
 /// A kind of training run. See the [module documentation](self).
-pub trait Task {
+///
+/// A task is `Sync` and its batches are [`Shard`]s so that data-parallel workers can share it
+/// and take their rows of every batch.
+pub trait Task: Sync {
     /// The model it trains.
     type Model: Module;
     /// One micro-batch, on the host.
-    type Batch;
+    type Batch: Shard + Send;
 
     /// The task's name in `state.json` (`lm`, `translate`).
     const KIND: &'static str;

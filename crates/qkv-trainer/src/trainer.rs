@@ -11,6 +11,7 @@ use crate::checkpoint::{self, Checkpoint, RunState, SaveHook};
 use crate::error::TrainError;
 use crate::metrics::{MetricsLog, MetricsRecord};
 use crate::optim::AdamW;
+use crate::parallel::{Worker, train_step_parallel};
 use crate::step::train_step;
 use crate::task::{Evaluation, Task};
 
@@ -92,6 +93,8 @@ pub struct Trainer<T: Task> {
     /// Batching generator.
     pub rng: SplitMix64,
     device: Device,
+    /// Data-parallel workers; empty for a one-device run.
+    workers: Vec<Worker>,
     /// Called at each point of every checkpoint save (tests stop saves with it).
     pub save_hook: Option<SaveHook>,
 }
@@ -126,6 +129,11 @@ impl<T: Task> Trainer<T> {
         })?;
         device.seed(recipe.seed);
         let fresh = task.init_model(device)?;
+        // Burn initialises a parameter lazily, on first use, from the device's generator as
+        // it is at that moment. Forced here, right after seeding, the initial weights are a
+        // function of the seed alone, whatever touches them first (a forward pass, the copy
+        // a data-parallel worker takes, a parameter count).
+        checkpoint::optimizer_names(&fresh);
         let (model, optimizer, step, rng) = if start == Start::Resume {
             let checkpoint = Checkpoint::load(run_dir)?;
             if checkpoint.state.task != T::KIND {
@@ -166,8 +174,36 @@ impl<T: Task> Trainer<T> {
             step,
             rng,
             device: device.clone(),
+            workers: Vec::new(),
             save_hook: None,
         })
+    }
+
+    /// Trains data-parallel from now on: every batch is cut across `devices`
+    /// (`(name, autodiff device)` pairs; see [`crate::parallel`]), and the model, the optimizer,
+    /// evaluations and checkpoints stay on the trainer's own device. The recipe, the batches,
+    /// checkpoints and resume are those of a one-device run; a run may be resumed with other
+    /// devices. One device is the same as none: the plain one-device step on the trainer's
+    /// own device.
+    pub fn with_devices(mut self, devices: Vec<(String, Device)>) -> Result<Self, TrainError> {
+        let workers = Worker::list(devices)?;
+        if let Some(bad) = workers.iter().find(|w| !w.device.is_autodiff()) {
+            return Err(TrainError::Config(format!(
+                "device {} has no autodiff: give the trainer autodiff devices",
+                bad.name
+            )));
+        }
+        self.workers = if workers.len() > 1 {
+            workers
+        } else {
+            Vec::new()
+        };
+        Ok(self)
+    }
+
+    /// The data-parallel workers (empty for a one-device run).
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
     }
 
     /// Runs until the recipe's `max_iters` (or `stop_at`, if sooner), evaluating and
@@ -216,23 +252,49 @@ impl<T: Task> Trainer<T> {
             }
             let t0 = Instant::now();
             let lr = recipe.schedule.at(self.step);
-            // Dropout masks come from the device's generator; seeding it per step makes them
-            // a function of the step, so a resumed run draws the same ones.
-            self.device.seed(recipe.seed.wrapping_add(self.step as u64));
-            let mut tokens = 0;
-            let (task, rng, device) = (&self.task, &mut self.rng, &self.device);
-            let (model, report) = train_step(
-                self.model.clone(),
-                &mut self.optimizer,
-                recipe.grad_accum,
-                lr,
-                recipe.grad_clip,
-                |model| {
-                    let batch = task.batch(rng);
-                    tokens += task.batch_tokens(&batch);
-                    task.loss(model, &batch, device)
-                },
-            )?;
+            let (model, report, tokens) = if self.workers.is_empty() {
+                // Dropout masks come from the device's generator; seeding it per step makes
+                // them a function of the step, so a resumed run draws the same ones.
+                self.device.seed(recipe.seed.wrapping_add(self.step as u64));
+                let mut tokens = 0;
+                let (task, rng, device) = (&self.task, &mut self.rng, &self.device);
+                let (model, report) = train_step(
+                    self.model.clone(),
+                    &mut self.optimizer,
+                    recipe.grad_accum,
+                    lr,
+                    recipe.grad_clip,
+                    |model| {
+                        let batch = task.batch(rng);
+                        tokens += task.batch_tokens(&batch);
+                        task.loss(model, &batch, device)
+                    },
+                )?;
+                (model, report, tokens)
+            } else {
+                train_step_parallel(
+                    &self.task,
+                    self.model.clone(),
+                    &mut self.optimizer,
+                    &self.workers,
+                    &self.device,
+                    recipe.grad_accum,
+                    lr,
+                    recipe.grad_clip,
+                    recipe.seed,
+                    self.step,
+                    &mut self.rng,
+                )
+                .map_err(|error| match error {
+                    TrainError::DeviceFailed { device, reason, .. } => TrainError::DeviceFailed {
+                        device,
+                        step: self.step + 1,
+                        reason,
+                        last_good,
+                    },
+                    other => other,
+                })?
+            };
             if !report.applied {
                 let bad = if report.loss.is_finite() {
                     report.grad_norm

@@ -342,8 +342,40 @@ pub fn adamw_update_explicit(
     (p - update.mul_scalar(s.step_size), m, v)
 }
 
-/// A 48-bit seed from the backend's generator: 24 random bits from each of two uniform draws.
+thread_local! {
+    /// The state of this thread's dropout-seed stream, while [`with_dropout_seeds`] runs.
+    static SEED_STREAM: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the seeds of the fused dropout kernels ([`dropout`] and the dropout of
+/// [`flash_attention`]) drawn from a generator private to this thread, seeded with `seed`,
+/// instead of from the backend's generator.
+///
+/// The backend's generator is one per device, and Flex has one device: threads that train
+/// replicas of a model side by side on it (data-parallel workers on one CPU) would take their
+/// seeds from it in whatever order they happen to run. Inside this call each thread's masks
+/// depend on `seed` and on its own calls only, so a run is the same every time. The previous
+/// stream (or none) is restored when `f` returns or panics.
+pub fn with_dropout_seeds<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SEED_STREAM.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SEED_STREAM.with(|s| s.replace(Some(seed))));
+    f()
+}
+
+/// A 48-bit seed: from this thread's stream inside [`with_dropout_seeds`], otherwise from the
+/// backend's generator (24 random bits from each of two uniform draws).
 fn draw_seed(device: &Device) -> u64 {
+    if let Some(state) = SEED_STREAM.with(|s| s.get()) {
+        let mut rng = qkv_rng::SplitMix64::new(state);
+        let seed = rng.next_u64() >> 16;
+        SEED_STREAM.with(|s| s.set(Some(rng.state)));
+        return seed;
+    }
     let draws = Tensor::<1>::random([2], Distribution::Default, device)
         .into_data()
         .try_to_vec::<f32>()

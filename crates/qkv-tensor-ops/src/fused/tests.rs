@@ -203,6 +203,50 @@ fn dropout_masks_follow_the_backend_seed() {
 }
 
 #[test]
+fn a_threads_seed_stream_decides_its_masks_whatever_the_backend_generator_does() {
+    let device = qkv_test_support::flex();
+    let x = Tensor::<2>::ones([16, 64], &device);
+    let masks = |stream: u64, backend_seed: u64| {
+        let _guard = crate::fused::tests::seed_lock();
+        device.seed(backend_seed);
+        with_dropout_seeds(stream, || {
+            let first = values(dropout(x.clone(), 0.5));
+            (first, values(dropout(x.clone(), 0.5)))
+        })
+    };
+    let (a1, a2) = masks(3, 7);
+    assert_eq!(
+        (a1.clone(), a2.clone()),
+        masks(3, 8),
+        "the backend seed plays no part"
+    );
+    assert_ne!(a1, a2, "two calls draw two seeds from the stream");
+    assert_ne!(a1, masks(4, 7).0, "another stream gives other masks");
+    // Threads with their own streams get their own masks whatever the interleaving, and the
+    // backend's generator is used again once the call returns.
+    let from_threads: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [3u64, 4]
+            .map(|stream| {
+                let x = x.clone();
+                scope.spawn(move || with_dropout_seeds(stream, || values(dropout(x, 0.5))))
+            })
+            .into_iter()
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(from_threads, vec![a1, masks(4, 7).0]);
+    let _guard = seed_lock();
+    device.seed(7);
+    let outside = values(dropout(x.clone(), 0.5));
+    device.seed(7);
+    assert_eq!(
+        outside,
+        values(dropout(x, 0.5)),
+        "outside, the backend seed decides"
+    );
+}
+
+#[test]
 fn dropout_off_flex_and_at_zero() {
     let x = Tensor::<1>::ones([1000], &qkv_test_support::ndarray());
     let out = values(dropout(x.clone(), 0.5));

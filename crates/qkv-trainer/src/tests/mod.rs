@@ -3,6 +3,7 @@
 
 mod errors;
 mod optim_parity;
+mod parallel;
 mod parsers;
 mod recall_heads;
 mod recurrent;
