@@ -1,7 +1,8 @@
 //! Cross-backend parity: every backend (ndarray, and wgpu on whatever adapter it finds, Mesa's
 //! software Vulkan driver in CI) against Flex, the reference CPU backend, on small fixed
 //! shapes: attention outputs and probabilities, a model forward, one training step's
-//! gradients and update, and greedy generation.
+//! gradients and update, greedy generation, and data-parallel training with a worker on the
+//! backend beside one on Flex.
 //!
 //! Tolerances (absolute, f32): attention and logits 1e-4; gradients 1e-4 plus 1e-3 of the
 //! largest reference gradient of that parameter; parameters after one AdamW step (lr 1e-2)
@@ -214,3 +215,68 @@ against_flex!(greedy_generation, |device: &Device| {
         assert_close(a, b, 1e-4, "logits behind each generated token");
     }
 });
+
+/// The losses of three data-parallel steps (and the evaluation after them) of a tiny recall
+/// run, with a worker on each of `devices` (the first holds the model); one device: the
+/// plain step.
+fn data_parallel_losses(devices: &[Device]) -> Vec<f64> {
+    use qkv_trainer::{DataConfig, LanguageModel, ModelSettings, Start, TrainConfig, Trainer};
+    let mut config = TrainConfig::recall();
+    config.model = ModelSettings {
+        n_layers: 1,
+        n_heads: 2,
+        d_model: 16,
+        block_size: 23,
+        dropout: 0.0,
+        bias: true,
+        positional: qkv_transformer::PositionalEncoding::Learned,
+    };
+    config.data = DataConfig::Recall {
+        n_pairs: 6,
+        n_keys: 16,
+        n_values: 10,
+        gap: 0,
+    };
+    (config.batch_size, config.max_iters, config.lr_decay_iters) = (8, 3, 3);
+    (config.eval_interval, config.eval_iters, config.warmup_iters) = (3, 1, 1);
+    let dir = qkv_test_support::temp_dir("parity-data-parallel");
+    let named: Vec<(String, Device)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i.to_string(), d.clone().autodiff()))
+        .collect();
+    let task = LanguageModel::open(config, &dir).unwrap();
+    let mut trainer = Trainer::new(task, &dir.join("run"), &named[0].1, Start::Fresh)
+        .unwrap()
+        .with_devices(named)
+        .unwrap();
+    let mut losses = Vec::new();
+    let summary = trainer
+        .run(&std::sync::atomic::AtomicBool::new(false), None, |event| {
+            if let qkv_trainer::Event::Step(record) = event {
+                losses.push(record.loss);
+            }
+        })
+        .unwrap();
+    losses.push(summary.final_eval.unwrap().val_loss);
+    losses
+}
+
+// A worker on each backend beside one on Flex (which holds the model): the gradients cross
+// from the backend to Flex every step, as they cross from GPU to GPU, and the run is the
+// one-device run.
+against_flex!(
+    data_parallel_with_a_worker_on_each_backend,
+    |device: &Device| {
+        let got = data_parallel_losses(&[flex(), device.clone()]);
+        let want = data_parallel_losses(&[flex()]);
+        assert_eq!(got.len(), 4);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs(),
+                "step {} loss {g} against Flex alone {w}",
+                i + 1
+            );
+        }
+    }
+);
