@@ -451,12 +451,18 @@ fn train<T: Task>(
             .map(|(name, device)| (name.clone(), device.clone().autodiff()))
             .collect(),
     )?;
-    if !trainer.workers().is_empty() {
+    // The model lives on the first device. When that one is remote, its failure (the server
+    // gone) surfaces as a panic anywhere in the loop, not in a worker.
+    let remote_main = matches!(
+        devices[0].0.parse::<DeviceSpec>(),
+        Ok(DeviceSpec::Remote { .. })
+    );
+    if !trainer.workers().is_empty() || remote_main {
         // A worker's panic (a remote device whose server went away) is caught and reported
         // as an error naming the device; printing it as a crash as well would only confuse.
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !qkv_trainer::parallel::in_worker() {
+            if !(qkv_trainer::parallel::in_worker() || remote_main) {
                 previous(info);
             }
         }));
@@ -473,7 +479,7 @@ fn train<T: Task>(
     }
     let tty = std::io::stderr().is_terminal();
     let max = trainer.task.recipe().max_iters;
-    let summary = trainer.run(&interrupt, None, |event| match event {
+    let mut report = |event: &Event| match event {
         Event::Step(r) if tty => {
             let filled = (r.step * 30 / max.max(1)).min(30);
             eprint!(
@@ -510,7 +516,18 @@ fn train<T: Task>(
             };
             println!("\n{why}: checkpoint saved at step {step}; continue with --resume");
         }
-    })?;
+    };
+    let summary = if remote_main {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trainer.run(&interrupt, None, &mut report)
+        }));
+        match run {
+            Ok(result) => result?,
+            Err(panic) => return Err(main_device_failed(&devices[0].0, panic.as_ref(), out)),
+        }
+    } else {
+        trainer.run(&interrupt, None, &mut report)?
+    };
     println!(
         "{} steps in {:.1} s: {:.1} ms/iteration, {:.0} tokens/s",
         summary.step, summary.wall_s, summary.ms_per_iter, summary.tokens_per_s
@@ -524,6 +541,27 @@ fn train<T: Task>(
         );
     }
     Ok((trainer, summary))
+}
+
+/// The error for a remote first device that failed mid-run, naming it and the checkpoint
+/// the run keeps.
+fn main_device_failed(name: &str, panic: &(dyn std::any::Any + Send), out: &Path) -> anyhow::Error {
+    let reason = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "its backend panicked".into());
+    let kept = match qkv_trainer::checkpoint::Checkpoint::load(out) {
+        Ok(checkpoint) => format!(
+            "the last good checkpoint (step {}) was kept",
+            checkpoint.state.step
+        ),
+        Err(_) => "no checkpoint had been written yet".into(),
+    };
+    anyhow::anyhow!(
+        "device {name} failed: {reason}; training stopped and {kept}. Bring the device back \
+         (or train on another with --devices) and continue with --resume"
+    )
 }
 
 /// Writes 300 tokens sampled from a trained text model to `out/sample.txt` and prints them.

@@ -129,11 +129,13 @@ fn workers_on_the_cpu_and_on_a_remote_device_train_like_one_device() {
     assert_same_run(&one, &remote, "the CPU and a remote device");
 }
 
-#[test]
-fn killing_the_remote_device_stops_the_run_and_keeps_its_checkpoint() {
+/// Trains with `devices` (`{remote}` stands for the server's address), kills the server
+/// once the run has checkpointed twice, and checks the clean stop and that the run resumes
+/// from its checkpoint on the CPU alone.
+fn kill_the_server_mid_run(devices: &str, name: &str) {
     let mut server = Server::start();
-    let dir = temp_dir("devices-kill").join("run");
-    let devices = format!("0,{}", server.address());
+    let dir = temp_dir(name).join("run");
+    let devices = devices.replace("{remote}", &server.address());
     let out_arg = dir.to_str().unwrap().to_string();
     let mut args = tiny_recall(&out_arg, "100000", "3");
     args.extend(["--dropout", "0", "--devices", &devices]);
@@ -144,14 +146,16 @@ fn killing_the_remote_device_stops_the_run_and_keeps_its_checkpoint() {
         .spawn()
         .unwrap();
 
-    // Kill the server once the run has checkpointed twice.
     let started = Instant::now();
     while checkpoint_step(&dir).is_none_or(|s| s < 6) {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after two minutes"
+            "{devices}: no checkpoint after two minutes"
         );
-        assert!(train.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(
+            train.try_wait().unwrap().is_none(),
+            "{devices}: the run ended early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     server.child.kill().unwrap();
@@ -165,26 +169,26 @@ fn killing_the_remote_device_stops_the_run_and_keeps_its_checkpoint() {
         }
         if started.elapsed() > Duration::from_secs(60) {
             let _ = train.kill();
-            panic!("the run did not stop within a minute of its remote device dying");
+            panic!("{devices}: the run did not stop within a minute of its remote device dying");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let output = train.wait_with_output().unwrap();
     let err = text(&output.stderr);
-    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(status.code(), Some(1), "{devices}: {err}");
     let kept = checkpoint_step(&dir).unwrap();
     assert!(
-        err.contains(&format!("device {} failed at step", server.address()))
+        err.contains(&format!("device {} failed", server.address()))
             && err.contains(&format!("the last good checkpoint (step {kept}) was kept"))
             && err.contains("--resume"),
-        "{err}"
+        "{devices}: {err}"
     );
-    assert!(!err.contains("panicked at"), "{err}");
+    assert!(!err.contains("panicked at"), "{devices}: {err}");
 
     // The checkpoint is whole: the run resumes from it on the CPU alone.
     let target = (kept + 2).to_string();
     let out = run(&dir, &target, &["--resume", "--lr-decay-iters", "100000"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{devices}: {}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains(&format!("resuming at step {kept}")),
         "{}",
@@ -192,6 +196,18 @@ fn killing_the_remote_device_stops_the_run_and_keeps_its_checkpoint() {
     );
     let steps: Vec<usize> = records(&dir).iter().map(|r| r.0).collect();
     assert_eq!(steps, (1..=kept + 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn killing_a_remote_worker_stops_the_run_and_keeps_its_checkpoint() {
+    kill_the_server_mid_run("0,{remote}", "devices-kill-worker");
+}
+
+/// The remote device alone: it holds the model, so its failure comes from anywhere in the
+/// loop (a step, an evaluation, a save), not from a worker.
+#[test]
+fn killing_the_remote_device_that_holds_the_model_stops_the_run_cleanly() {
+    kill_the_server_mid_run("{remote}", "devices-kill-main");
 }
 
 #[test]
