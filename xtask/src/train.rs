@@ -546,11 +546,7 @@ fn train<T: Task>(
 /// The error for a remote first device that failed mid-run, naming it and the checkpoint
 /// the run keeps.
 fn main_device_failed(name: &str, panic: &(dyn std::any::Any + Send), out: &Path) -> anyhow::Error {
-    let reason = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "its backend panicked".into());
+    let reason = qkv_trainer::parallel::panic_text(panic);
     let kept = match qkv_trainer::checkpoint::Checkpoint::load(out) {
         Ok(checkpoint) => format!(
             "the last good checkpoint (step {}) was kept",

@@ -200,8 +200,8 @@ struct Share {
     grads: NamedGrads,
 }
 
-/// The message of a panic payload.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic's payload (a device failure's description).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()
         .cloned()

@@ -12,10 +12,11 @@ use qkv_data::TranslationTask;
 use qkv_transformer::SplitMix64;
 use qkv_transformer::weights::{HostTensors, module_tensors};
 
+use super::translate::tiny;
 use super::{lm_trainer, rng_lock, temp_dir, tiny_recall};
 use crate::optim::NamedGrads;
 use crate::parallel::{Shard, Worker, parallel_gradients, split_rows};
-use crate::translate::{TranslateConfig, TranslationRun};
+use crate::translate::TranslationRun;
 use crate::{LanguageModel, Start, Task, TrainError, Trainer, metrics};
 
 fn flex() -> Device {
@@ -75,7 +76,7 @@ fn shards_put_the_batch_back_together_and_share_out_its_loss_targets() {
     // The recall task scores answers only: far fewer targets than positions.
     assert!(batch.loss_targets() < batch.batch * batch.seq / 2);
 
-    let run = TranslationRun::new(tiny_translation(1)).unwrap();
+    let run = TranslationRun::new(tiny(TranslationTask::Numbers, 1)).unwrap();
     let batch = run.batch(&mut SplitMix64::new(5));
     let shards: Vec<_> = split_rows(batch.rows(), 2)
         .into_iter()
@@ -101,19 +102,6 @@ fn shards_put_the_batch_back_together_and_share_out_its_loss_targets() {
         shards.iter().map(|s| s.loss_targets()).sum::<usize>(),
         batch.loss_targets()
     );
-}
-
-fn tiny_translation(max_iters: usize) -> TranslateConfig {
-    let mut c = TranslateConfig::for_task(TranslationTask::Numbers);
-    c.n_layers = 1;
-    c.d_model = 32;
-    c.n_heads = 2;
-    c.batch_size = 12;
-    c.max_iters = max_iters;
-    c.warmup_iters = 1;
-    c.eval_interval = max_iters;
-    c.eval_sentences = 20;
-    c
 }
 
 /// Every gradient of `got` within `rel` of `want`'s, relative to each tensor's largest value;
@@ -189,7 +177,7 @@ fn workers_sum_to_the_gradient_of_the_whole_batch() {
     gradients_match(&task, &model, &flex(), &[flex(), flex(), flex()]);
     gradients_match(&task, &model, &flex(), &[flex(), ndarray()]);
     // Translation batches are padded: shards are weighted by their real targets.
-    let run = TranslationRun::new(tiny_translation(1)).unwrap();
+    let run = TranslationRun::new(tiny(TranslationTask::Numbers, 1)).unwrap();
     let model = run.init_model(&flex()).unwrap();
     gradients_match(&run, &model, &flex(), &[flex(), flex(), flex()]);
 }

@@ -43,7 +43,8 @@ fn losses(dir: &Path) -> Vec<(usize, u64, u64)> {
         .collect()
 }
 
-fn tiny(task: TranslationTask, max_iters: usize) -> TranslateConfig {
+/// A small translation recipe: one layer, 64 wide, batches of 32.
+pub(super) fn tiny(task: TranslationTask, max_iters: usize) -> TranslateConfig {
     let mut c = TranslateConfig::for_task(task);
     c.n_layers = 1;
     c.d_model = 64;
