@@ -52,11 +52,33 @@ pub struct BenchArgs {
     gpt2_batches: Vec<usize>,
 }
 
-/// One row of the report: a workload's timings on each backend and on PyTorch.
+/// One row of the report: a workload's timings on each backend (with the kernels one
+/// iteration launches on a GPU backend) and on PyTorch.
 struct Row {
     workload: Workload,
-    qkv: Vec<(Backend, Stats)>,
+    qkv: Vec<(Backend, Stats, Option<f64>)>,
     pytorch: Option<Stats>,
+}
+
+/// Iterations whose kernel launches are counted (after the timed ones, so autotuning is over
+/// and each iteration launches the same kernels).
+const COUNTED_ITERATIONS: usize = 1;
+
+/// The CubeCL kernels one iteration launches, averaged over [`COUNTED_ITERATIONS`]: a figure
+/// for the GPU backends only (the CPU backends launch none).
+fn kernels_per_iteration(backend: Backend, iteration: &mut dyn FnMut()) -> Option<f64> {
+    if backend.is_cpu() {
+        return None;
+    }
+    let ((), launches) = qkv_backends::count_launches(|| {
+        for _ in 0..COUNTED_ITERATIONS {
+            iteration();
+        }
+    });
+    for (kernel, count) in launches.most_launched(8) {
+        eprintln!("  {count:>5} × {kernel}");
+    }
+    Some(launches.total() as f64 / COUNTED_ITERATIONS as f64)
 }
 
 /// Runs `cargo xtask bench`.
@@ -120,8 +142,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for (backend, device) in &devices {
             let mut iteration = workload.prepare(device);
             let stats = qkv_benches::measure(workload.plan(args.quick), &mut iteration);
-            eprintln!("{backend} {}: {:.2} ms", workload.id(), stats.median_ms);
-            qkv.push((*backend, stats));
+            let kernels = kernels_per_iteration(*backend, &mut iteration);
+            eprintln!(
+                "{backend} {}: {:.2} ms{}",
+                workload.id(),
+                stats.median_ms,
+                kernels
+                    .map(|k| format!(", {k:.0} kernels"))
+                    .unwrap_or_default()
+            );
+            qkv.push((*backend, stats, kernels));
         }
         rows.push(Row {
             workload,
@@ -168,7 +198,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "results": rows.iter().map(|r| json!({
             "id": r.workload.id(),
             "tokens_per_iter": r.workload.tokens_per_iter(),
-            "qkv": r.qkv.iter().map(|(b, s)| (b.name().to_string(), stats_json(s)))
+            "qkv": r.qkv.iter().map(|(b, s, _)| (b.name().to_string(), stats_json(s)))
+                .collect::<serde_json::Map<_, _>>(),
+            "kernels_per_iter": r.qkv.iter()
+                .filter_map(|(b, _, k)| k.map(|k| (b.name().to_string(), json!(k))))
                 .collect::<serde_json::Map<_, _>>(),
             "pytorch": r.pytorch.as_ref().map(stats_json),
         })).collect::<Vec<_>>(),
@@ -315,7 +348,8 @@ fn markdown(
             p["device"].as_str().unwrap_or("?")
         );
     }
-    s += "Median time per iteration.\n\n| benchmark |";
+    s += "Median time per iteration; on a GPU backend also the CubeCL kernels one iteration \
+          launches.\n\n| benchmark |";
     for b in backends {
         s += &format!(" {b} |");
     }
@@ -327,8 +361,11 @@ fn markdown(
     s += "\n";
     for row in rows {
         s += &format!("| {} |", row.workload.id());
-        for (_, stats) in &row.qkv {
-            s += &format!(" {} |", cell(&row.workload, stats));
+        for (_, stats, kernels) in &row.qkv {
+            let launches = kernels
+                .map(|k| format!(", {k:.0} kernels"))
+                .unwrap_or_default();
+            s += &format!(" {}{launches} |", cell(&row.workload, stats));
         }
         if pytorch.is_some() {
             let best = row
@@ -336,7 +373,7 @@ fn markdown(
                 .iter()
                 .min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
             match (&row.pytorch, best) {
-                (Some(p), Some((b, q))) => {
+                (Some(p), Some((b, q, _))) => {
                     s += &format!(
                         " {} | {:.2}× ({b}) |",
                         cell(&row.workload, p),

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 mod devices;
 pub use devices::DeviceSpec;
+mod launches;
+pub use launches::{LaunchCounts, count_launches};
 
 use burn::prelude::*;
 

@@ -95,6 +95,45 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("float tensor data")
 }
 
+/// Runs `op` forward and backward (loss = Σ output ∘ weights, the weights random from
+/// `weights_seed`) on `inputs`, which must be on an autodiff device; returns the output values
+/// and each input's gradient.
+pub fn forward_backward<const D: usize, const N: usize>(
+    inputs: [Tensor<D>; N],
+    op: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    weights_seed: u64,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let inputs = inputs.map(|t| t.require_grad());
+    let out = op(inputs.clone());
+    let device = out.device();
+    let weights = random_tensor(&mut SeededRng::new(weights_seed), out.dims(), 1.0, &device);
+    let grads = (out.clone() * weights).sum().backward();
+    let grads = inputs
+        .iter()
+        .map(|t| values(t.grad(&grads).expect("input is tracked")))
+        .collect();
+    (values(out), grads)
+}
+
+/// Two paths of one op (a fast one and its oracle) on the same inputs, compared within `tol`:
+/// the values absolutely, each input's gradient within `tol` times that gradient's largest
+/// magnitude (at least 1).
+pub fn check_parity<const D: usize, const N: usize>(
+    what: &str,
+    inputs: [Tensor<D>; N],
+    fast: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    oracle: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    tol: f32,
+) {
+    let (fv, fg) = forward_backward(inputs.clone(), fast, 99);
+    let (ev, eg) = forward_backward(inputs, oracle, 99);
+    assert_close(&fv, &ev, tol, &format!("{what}: values"));
+    for (i, (f, e)) in fg.iter().zip(&eg).enumerate() {
+        let scale = e.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        assert_close(f, e, tol * scale, &format!("{what}: gradient of input {i}"));
+    }
+}
+
 /// The largest absolute element-wise difference between `a` and `b`.
 ///
 /// # Panics

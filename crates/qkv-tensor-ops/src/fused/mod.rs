@@ -8,15 +8,22 @@
 //! with Burn's autodiff as a single node.
 //!
 //! Where the kernels run: on the Flex CPU backend (with or without autodiff), for `f32`
-//! tensors. On every other device, and for other dtypes, the public functions below run the
-//! explicit tensor-op path instead, so callers never need to know. The explicit path is also
-//! the oracle: the tests check values and gradients of every fused op against it.
+//! tensors; and, with the `gpu` feature, LayerNorm, the scaled softmax and both GELUs on
+//! Burn's CubeCL backend (wgpu, vulkan, cuda), also for `f32`. On every other device, and for
+//! other dtypes, the public functions below run the explicit tensor-op path instead, so
+//! callers never need to know. The explicit path is also the oracle: the tests check values
+//! and gradients of every fused op against it.
 //!
-//! The kernels are plain Rust over contiguous `f32` slices ([`kernels`]), parallel over rows
-//! with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`].
+//! The CPU kernels are plain Rust over contiguous `f32` slices ([`kernels`]), parallel over
+//! rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
+//! GPU kernels are CubeCL kernels (`gpu_kernels`), with their glue in `gpu`.
 
 pub mod backend;
 pub mod flash;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+#[cfg(feature = "gpu")]
+pub mod gpu_kernels;
 pub mod kernels;
 pub mod tile_matmul;
 
@@ -42,6 +49,31 @@ pub fn has_fused_kernels(device: &Device, dtype: DType) -> bool {
     )
 }
 
+/// Whether the GPU kernels serve `t`: built with the `gpu` feature, on a CubeCL device (wgpu,
+/// vulkan, cuda, with or without autodiff), `f32`, and with fewer than 2³² elements (the
+/// kernels index with `u32`). `QKV_GPU_KERNELS=off` in the environment (read once per
+/// process) keeps every GPU op on the explicit path, to compare the two in one build.
+pub fn has_gpu_kernels<const D: usize>(t: &Tensor<D>) -> bool {
+    #[cfg(feature = "gpu")]
+    {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled =
+            *ENABLED.get_or_init(|| std::env::var("QKV_GPU_KERNELS").map_or(true, |v| v != "off"));
+        enabled
+            && t.dtype() == DType::F32
+            && t.shape().num_elements() < u32::MAX as usize
+            && matches!(
+                t.device().as_dispatch().clone().inner(),
+                DispatchDevice::Cube(_)
+            )
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
 /// biased variance, as `torch.nn.LayerNorm` and Burn's `LayerNorm` compute it.
 ///
@@ -54,6 +86,16 @@ pub fn layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     eps: f64,
 ) -> Tensor<D> {
+    #[cfg(feature = "gpu")]
+    if has_gpu_kernels(&x) {
+        let beta = beta.unwrap_or_else(|| gamma.zeros_like());
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_layer_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            eps,
+        ));
+    }
     if !has_fused_kernels(&x.device(), x.dtype()) {
         return layer_norm_explicit(x, gamma, beta, eps);
     }
@@ -96,6 +138,14 @@ pub fn layer_norm_explicit<const D: usize>(
 /// - `scores`: `[batch, n_heads, seq_q, seq_k]` (raw `Q·Kᵀ`, before scaling)
 /// - returns `[batch, n_heads, seq_q, seq_k]`
 pub fn scaled_softmax(scores: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    #[cfg(feature = "gpu")]
+    if has_gpu_kernels(&scores) {
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_scaled_softmax(
+            scores.into_dispatch(),
+            scale,
+            causal,
+        ));
+    }
     if !has_fused_kernels(&scores.device(), scores.dtype()) {
         return scaled_softmax_explicit(scores, scale, causal);
     }
@@ -122,6 +172,12 @@ pub fn scaled_softmax_explicit(scores: Tensor<4>, scale: f64, causal: bool) -> T
 ///
 /// - `x`: any shape; returns the same shape
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "gpu")]
+    if has_gpu_kernels(&x) {
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_gelu(
+            x.into_dispatch(),
+        ));
+    }
     if !has_fused_kernels(&x.device(), x.dtype()) {
         return burn::tensor::activation::gelu(x);
     }
@@ -134,6 +190,12 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 ///
 /// - `x`: any shape; returns the same shape
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "gpu")]
+    if has_gpu_kernels(&x) {
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_gelu_tanh(
+            x.into_dispatch(),
+        ));
+    }
     if !has_fused_kernels(&x.device(), x.dtype()) {
         return gelu_tanh_explicit(x);
     }
@@ -155,10 +217,12 @@ pub fn gelu_tanh_explicit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `1 / (1 - prob)`. Always active: callers decide whether they are training (see
 /// `qkv_attention::dropout`, which follows `burn::nn::Dropout`).
 ///
-/// On Flex the mask is counter-based: a hash of a seed and each element's index. The seed is
-/// drawn from the backend's random generator, so a run that reseeds it (as the trainer does
-/// every step) gets the same masks; the backward pass recomputes the mask instead of storing
-/// it. Elsewhere it is `burn::nn::Dropout`'s computation (a Bernoulli tensor).
+/// On Flex and on the GPU (with the `gpu` feature) the mask is counter-based: a hash of a seed
+/// and each element's index, the same hash on both, so the same seed drops the same elements.
+/// The seed is drawn from the backend's random generator, so a run that reseeds it (as the
+/// trainer does every step) gets the same masks; the backward pass recomputes the mask
+/// instead of storing it. Elsewhere it is `burn::nn::Dropout`'s computation (a Bernoulli
+/// tensor).
 ///
 /// - `x`: any shape; returns the same shape
 pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
@@ -166,6 +230,15 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
         return x;
     }
     let device = x.device();
+    #[cfg(feature = "gpu")]
+    if has_gpu_kernels(&x) {
+        let seed = draw_seed(&device);
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_dropout(
+            x.into_dispatch(),
+            prob,
+            seed,
+        ));
+    }
     if !has_fused_kernels(&device, x.dtype()) {
         let keep = 1.0 - prob;
         let mask = x.random_like(Distribution::Bernoulli(keep));

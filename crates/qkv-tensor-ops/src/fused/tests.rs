@@ -2,47 +2,11 @@
 //! without autodiff (the kernels) and on NdArray (which takes the explicit path itself).
 
 use super::*;
-use qkv_test_support::{SeededRng, assert_close, random_tensor, values};
+use qkv_test_support::{SeededRng, assert_close, check_parity, random_tensor, values};
 
 /// Flex with autodiff, the device training runs on.
 fn flex_autodiff() -> Device {
     qkv_test_support::flex().autodiff()
-}
-
-/// Runs `op` forward and backward (loss = Σ output ∘ weights) on `inputs`; returns the output
-/// values and each input's gradient.
-fn forward_backward<const D: usize, const N: usize>(
-    inputs: [Tensor<D>; N],
-    op: impl Fn([Tensor<D>; N]) -> Tensor<D>,
-    weights_seed: u64,
-) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let inputs = inputs.map(|t| t.require_grad());
-    let out = op(inputs.clone());
-    let device = out.device();
-    let weights = random_tensor(&mut SeededRng::new(weights_seed), out.dims(), 1.0, &device);
-    let grads = (out.clone() * weights).sum().backward();
-    let grads = inputs
-        .iter()
-        .map(|t| values(t.grad(&grads).expect("input is tracked")))
-        .collect();
-    (values(out), grads)
-}
-
-/// Both paths of one op on `device`, compared within `tol` (values and gradients).
-fn check_parity<const D: usize, const N: usize>(
-    what: &str,
-    inputs: [Tensor<D>; N],
-    fused: impl Fn([Tensor<D>; N]) -> Tensor<D>,
-    explicit: impl Fn([Tensor<D>; N]) -> Tensor<D>,
-    tol: f32,
-) {
-    let (fv, fg) = forward_backward(inputs.clone(), fused, 99);
-    let (ev, eg) = forward_backward(inputs, explicit, 99);
-    assert_close(&fv, &ev, tol, &format!("{what}: values"));
-    for (i, (f, e)) in fg.iter().zip(&eg).enumerate() {
-        let scale = e.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        assert_close(f, e, tol * scale, &format!("{what}: gradient of input {i}"));
-    }
 }
 
 #[test]
