@@ -57,6 +57,9 @@ pub struct BenchArgs {
 struct Row {
     workload: Workload,
     qkv: Vec<(Backend, Stats, Option<f64>)>,
+    /// On GPU backends, the kernels the process's first iteration launched: with autotuning,
+    /// its candidates too, unless an earlier run's results were found on disk.
+    first_iteration_kernels: Vec<(Backend, usize)>,
     pytorch: Option<Stats>,
 }
 
@@ -139,8 +142,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     for &workload in &workloads {
         let mut qkv = Vec::new();
+        let mut first_iteration_kernels = Vec::new();
         for (backend, device) in &devices {
             let mut iteration = workload.prepare(device);
+            if !backend.is_cpu() {
+                let ((), first) = qkv_backends::count_launches(&mut iteration);
+                first_iteration_kernels.push((*backend, first.total()));
+            }
             let stats = qkv_benches::measure(workload.plan(args.quick), &mut iteration);
             let kernels = kernels_per_iteration(*backend, &mut iteration);
             eprintln!(
@@ -156,6 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(Row {
             workload,
             qkv,
+            first_iteration_kernels,
             pytorch: None,
         });
     }
@@ -202,6 +211,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .collect::<serde_json::Map<_, _>>(),
             "kernels_per_iter": r.qkv.iter()
                 .filter_map(|(b, _, k)| k.map(|k| (b.name().to_string(), json!(k))))
+                .collect::<serde_json::Map<_, _>>(),
+            "first_iteration_kernels": r.first_iteration_kernels.iter()
+                .map(|(b, k)| (b.name().to_string(), json!(k)))
                 .collect::<serde_json::Map<_, _>>(),
             "pytorch": r.pytorch.as_ref().map(stats_json),
         })).collect::<Vec<_>>(),

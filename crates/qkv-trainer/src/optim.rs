@@ -75,17 +75,20 @@ impl NamedGrads {
         )
     }
 
-    /// The L2 norm of all gradients together (one device round trip).
+    /// The L2 norm of all gradients together (one device round trip). The per-parameter sums
+    /// of squares are added as one-element tensors rather than concatenated: on a GPU with
+    /// Burn's fusion the additions fuse into a few kernels, where a concatenation launches
+    /// one copy per parameter.
     pub fn global_norm(&self) -> f64 {
-        let squares: Vec<Tensor<1>> = self
+        let total = self
             .0
             .values()
             .map(|g| g.clone().powi_scalar(2).sum())
-            .collect();
-        if squares.is_empty() {
-            return 0.0;
+            .reduce(|a, b| a + b);
+        match total {
+            Some(total) => (total.into_scalar::<f32>() as f64).sqrt(),
+            None => 0.0,
         }
-        (Tensor::cat(squares, 0).sum().into_scalar::<f32>() as f64).sqrt()
     }
 }
 
