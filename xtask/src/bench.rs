@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// Fewer timed iterations: a rough figure in a fraction of the time.
     #[arg(long)]
     quick: bool,
+    /// On GPU backends only: count the kernels of the first and of the second iteration and
+    /// time only the second, with no warm-up or repeated samples (for a slow software driver,
+    /// where the kernel count is the figure of interest).
+    #[arg(long)]
+    kernels_only: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "runs/bench.json")]
     json: PathBuf,
@@ -133,6 +138,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.only.unwrap_or_default()
         );
     }
+    if args.kernels_only
+        && let Some(cpu) = backends.iter().find(|b| b.is_cpu())
+    {
+        bail!(
+            "--kernels-only counts GPU kernels, and {cpu} launches none: use wgpu, vulkan or cuda"
+        );
+    }
     let machine = MachineInfo::detect();
     let devices = backends
         .iter()
@@ -149,8 +161,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let ((), first) = qkv_backends::count_launches(&mut iteration);
                 first_iteration_kernels.push((*backend, first.total()));
             }
-            let stats = qkv_benches::measure(workload.plan(args.quick), &mut iteration);
-            let kernels = kernels_per_iteration(*backend, &mut iteration);
+            let (stats, kernels) = if args.kernels_only {
+                let started = std::time::Instant::now();
+                let kernels = kernels_per_iteration(*backend, &mut iteration);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                (Stats::from_samples(vec![ms]), kernels)
+            } else {
+                let stats = qkv_benches::measure(workload.plan(args.quick), &mut iteration);
+                (stats, kernels_per_iteration(*backend, &mut iteration))
+            };
             eprintln!(
                 "{backend} {}: {:.2} ms{}",
                 workload.id(),

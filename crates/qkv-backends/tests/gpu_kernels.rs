@@ -16,7 +16,10 @@
 
 use burn::prelude::*;
 use qkv_backends::{Backend, count_launches, sync};
-use qkv_tensor_ops::fused::{dropout, gelu, gelu_tanh, with_dropout_seeds};
+use qkv_tensor_ops::fused::{
+    dropout, flash_attention, flash_attention_explicit, gelu, gelu_tanh, gpu_flash_serves,
+    with_dropout_seeds,
+};
 use qkv_tensor_ops::fused::{
     gelu_tanh_explicit, has_gpu_kernels, layer_norm, layer_norm_explicit, scaled_softmax,
     scaled_softmax_explicit,
@@ -127,6 +130,56 @@ fn gelus_match_explicit_values_and_gradients() {
         |[x]| gelu(x.swap_dims(0, 2)),
         |[x]| exact_gelu([x.swap_dims(0, 2)]),
         TOL,
+    );
+}
+
+/// Flash attention on the GPU against its explicit form (probabilities materialised, dropout
+/// on them, product with `v`) on the same device: output and the gradients of `q`, `k` and
+/// `v`, causal and not, fewer queries than keys, head views of a `[batch, seq, n_heads,
+/// d_head]` projection, and with dropout (the same seed drops the same probabilities on both
+/// paths).
+#[test]
+fn flash_attention_matches_explicit_values_and_gradients() {
+    let device = gpu();
+    let cases = [
+        // (batch, n_heads, seq_q, seq_k, d_head, causal, dropout)
+        (2, 3, 12, 12, 8, true, 0.0),
+        (1, 2, 5, 9, 16, true, 0.0),
+        (2, 2, 7, 11, 4, false, 0.0),
+        (1, 2, 70, 70, 64, true, 0.0),
+        (2, 3, 12, 12, 8, true, 0.2),
+    ];
+    for (batch, heads, seq_q, seq_k, d, causal, drop) in cases {
+        let mut rng = SeededRng::new((seq_q * 100 + d) as u64);
+        let q = random_tensor(&mut rng, [batch, heads, seq_q, d], 1.0, &device);
+        let k = random_tensor(&mut rng, [batch, heads, seq_k, d], 1.0, &device);
+        let v = random_tensor(&mut rng, [batch, heads, seq_k, d], 1.0, &device);
+        assert!(gpu_flash_serves(&q, &k, false) && !gpu_flash_serves(&q, &k, true));
+        let what = format!("flash {batch}x{heads}x{seq_q}x{seq_k}x{d} causal={causal} p={drop}");
+        check_parity(
+            &what,
+            [q, k, v],
+            |[q, k, v]| {
+                with_dropout_seeds(3, || flash_attention(q, k, v, None, causal, None, drop))
+            },
+            |[q, k, v]| {
+                with_dropout_seeds(3, || {
+                    flash_attention_explicit(q, k, v, None, causal, None, drop)
+                })
+            },
+            1e-4,
+        );
+    }
+    // Head views: [batch, seq, n_heads, d_head] transposed, as the attention layer passes them.
+    let mut rng = SeededRng::new(31);
+    let x = random_tensor(&mut rng, [2, 10, 3, 8], 1.0, &device);
+    let heads = |t: Tensor<4>| t.swap_dims(1, 2);
+    check_parity(
+        "flash on head views",
+        [x.clone(), x.clone().mul_scalar(0.5), x.add_scalar(0.1)],
+        |[q, k, v]| flash_attention(heads(q), heads(k), heads(v), None, true, None, 0.0),
+        |[q, k, v]| flash_attention_explicit(heads(q), heads(k), heads(v), None, true, None, 0.0),
+        1e-4,
     );
 }
 

@@ -35,17 +35,20 @@ impl AttentionPath {
     /// The path for queries `q` (`[batch, n_heads, seq_q, d_head]`): explicit when the
     /// probabilities are asked for; on Flex, the flash kernel for every call with more than
     /// one query (training and inference, any mask, with or without dropout) and Burn's op
-    /// for a single query (a decoding step with the cache, measured faster there);
-    /// elsewhere, explicit under autodiff (Burn's op is a decomposed fallback there, and
-    /// has no dropout) and Burn's op otherwise. Measurements in ARCHITECTURE.md,
-    /// "Performance".
+    /// for a single query (a decoding step with the cache, measured faster there); on a GPU
+    /// with the GPU kernels, the flash kernels under autodiff (training: three kernels where
+    /// the explicit path launches about fifteen; a masked call takes the explicit form
+    /// inside [`crate::fused::flash_attention`]) and Burn's op otherwise; elsewhere,
+    /// explicit under autodiff (Burn's op is a decomposed fallback there, and has no
+    /// dropout) and Burn's op otherwise. Measurements in ARCHITECTURE.md, "Performance".
     pub fn choose(q: &Tensor<4>, return_probs: bool) -> Self {
         let device = q.device();
         let seq_q = q.dims()[2];
         let flex = crate::fused::has_fused_kernels(&device, q.dtype());
         if return_probs {
             AttentionPath::Explicit
-        } else if flex && seq_q > 1 {
+        } else if (flex && seq_q > 1) || (device.is_autodiff() && crate::fused::has_gpu_kernels(q))
+        {
             AttentionPath::Flash
         } else if device.is_autodiff() {
             AttentionPath::Explicit

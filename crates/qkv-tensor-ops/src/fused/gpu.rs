@@ -1,4 +1,5 @@
-//! The Burn glue of the GPU kernels ([`super::gpu_kernels`]): two backend extension traits
+//! The Burn glue of the GPU kernels ([`super::gpu_kernels`], [`super::gpu_rows`],
+//! [`super::gpu_flash`]): two backend extension traits
 //! implemented on Burn's CubeCL backend, lazily through Burn's fusion (each op is one opaque
 //! custom op in the fusion stream), and on autodiff, where each op is one graph node whose
 //! backward pass calls the matching backward kernel.
@@ -15,7 +16,10 @@ use burn::backend::{Autodiff, Backend, backend_extension};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 
+use burn::tensor::Shape;
+
 use super::gpu_kernels as kernels;
+use super::{gpu_flash, gpu_rows};
 
 /// The fused forward ops on the GPU, as a Burn backend extension.
 #[backend_extension(Cube, Fusion, Autodiff)]
@@ -50,6 +54,19 @@ pub trait GpuFusedOps: Backend {
     /// op on the gradient.
     #[fusion(dtype = x, shape = x)]
     fn qkv_gpu_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self>;
+
+    /// Attention without materialised probabilities (see [`super::gpu_flash`]). `q`, `k`,
+    /// `v`: `[batch, n_heads, seq, d_head]`; returns `[batch, n_heads, seq_q, d_head]`.
+    /// `dropout`: the probability and the seed of its mask.
+    #[fusion(dtype = q, shape = q)]
+    fn qkv_gpu_flash_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernels that the autodiff implementation of [`GpuFusedOps`] calls on its inner
@@ -83,6 +100,40 @@ pub trait GpuFusedBackward: Backend {
     #[fusion(dtype = x, shape = x)]
     fn qkv_gpu_gelu_tanh_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>)
     -> FloatTensor<Self>;
+
+    /// [`GpuFusedOps::qkv_gpu_flash_attention`] that also returns each query's log-sum-exp,
+    /// `[batch, n_heads, seq_q]`, which its backward pass needs.
+    #[fusion(meta = |q: &TensorSpec, _k: &TensorSpec, _v: &TensorSpec, _causal: &bool,
+        _scale: &f64, _dropout: &Option<(f64, u64)>| {
+        let lse = Shape::new([q.shape[0], q.shape[1], q.shape[2]]);
+        (q.clone(), TensorSpec::new(lse, q.dtype))
+    })]
+    fn qkv_gpu_flash_attention_with_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Flash attention's backward pass: `(dq, dk, dv)` from the forward pass's inputs,
+    /// output, log-sum-exp and the output's gradient `dout`.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |q: &TensorSpec, k: &TensorSpec, v: &TensorSpec, _out: &TensorSpec,
+        _lse: &TensorSpec, _dout: &TensorSpec, _causal: &bool, _scale: &f64,
+        _dropout: &Option<(f64, u64)>| (q.clone(), k.clone(), v.clone()))]
+    fn qkv_gpu_flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl GpuFusedOps for CubeBackend {
@@ -92,11 +143,11 @@ impl GpuFusedOps for CubeBackend {
         beta: CubeTensor,
         eps: f64,
     ) -> CubeTensor {
-        kernels::layer_norm(x, gamma, beta, eps)
+        gpu_rows::layer_norm(x, gamma, beta, eps)
     }
 
     fn qkv_gpu_scaled_softmax(scores: CubeTensor, scale: f64, causal: bool) -> CubeTensor {
-        kernels::scaled_softmax(scores, scale, causal)
+        gpu_rows::scaled_softmax(scores, scale, causal)
     }
 
     fn qkv_gpu_gelu(x: CubeTensor) -> CubeTensor {
@@ -110,6 +161,17 @@ impl GpuFusedOps for CubeBackend {
     fn qkv_gpu_dropout(x: CubeTensor, prob: f64, seed: u64) -> CubeTensor {
         kernels::dropout(x, prob, seed)
     }
+
+    fn qkv_gpu_flash_attention(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> CubeTensor {
+        gpu_flash::flash_attention(q, k, v, causal, scale, dropout).0
+    }
 }
 
 impl GpuFusedBackward for CubeBackend {
@@ -119,7 +181,7 @@ impl GpuFusedBackward for CubeBackend {
         dy: CubeTensor,
         eps: f64,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        kernels::layer_norm_backward(x, gamma, dy, eps)
+        gpu_rows::layer_norm_backward(x, gamma, dy, eps)
     }
 
     fn qkv_gpu_scaled_softmax_backward(
@@ -127,7 +189,7 @@ impl GpuFusedBackward for CubeBackend {
         dprobs: CubeTensor,
         scale: f64,
     ) -> CubeTensor {
-        kernels::scaled_softmax_backward(probs, dprobs, scale)
+        gpu_rows::scaled_softmax_backward(probs, dprobs, scale)
     }
 
     fn qkv_gpu_gelu_backward(x: CubeTensor, dy: CubeTensor) -> CubeTensor {
@@ -136,6 +198,31 @@ impl GpuFusedBackward for CubeBackend {
 
     fn qkv_gpu_gelu_tanh_backward(x: CubeTensor, dy: CubeTensor) -> CubeTensor {
         kernels::gelu_tanh_backward(x, dy)
+    }
+
+    fn qkv_gpu_flash_attention_with_lse(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> (CubeTensor, CubeTensor) {
+        gpu_flash::flash_attention(q, k, v, causal, scale, dropout)
+    }
+
+    fn qkv_gpu_flash_attention_backward(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        out: CubeTensor,
+        lse: CubeTensor,
+        dout: CubeTensor,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        gpu_flash::flash_attention_backward(q, k, v, out, lse, dout, causal, scale, dropout)
     }
 }
 
@@ -217,6 +304,37 @@ impl<B: GpuFusedOps> Backward<B, 1> for DropoutNode {
     }
 }
 
+/// Flash attention's autodiff node: keeps the inputs, the output and its log-sum-exp, and
+/// the options.
+#[derive(Debug)]
+struct FlashNode;
+
+/// What [`FlashNode`] keeps for its backward pass.
+type FlashState<B> = (
+    [FloatTensor<B>; 3],
+    FloatTensor<B>,
+    FloatTensor<B>,
+    bool,
+    f64,
+    Option<(f64, u64)>,
+);
+
+impl<B: GpuFusedBackward> Backward<B, 3> for FlashNode {
+    type State = FlashState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dout = grads.consume::<B>(&ops.node);
+        let ([q, k, v], out, lse, causal, scale, dropout) = ops.state;
+        let (dq, dk, dv) =
+            B::qkv_gpu_flash_attention_backward(q, k, v, out, lse, dout, causal, scale, dropout);
+        for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 /// One GELU (exact or tanh) as an autodiff node.
 fn autodiff_gelu<B: GpuFusedOps + GpuFusedBackward, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
@@ -292,6 +410,38 @@ impl<B: GpuFusedOps + GpuFusedBackward, C: CheckpointStrategy> GpuFusedOps for A
 
     fn qkv_gpu_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         autodiff_gelu::<B, C>(x, true)
+    }
+
+    fn qkv_gpu_flash_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> FloatTensor<Self> {
+        let prep = FlashNode
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful();
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::qkv_gpu_flash_attention_with_lse(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    causal,
+                    scale,
+                    dropout,
+                );
+                let state = ([q, k, v], out.clone(), lse, causal, scale, dropout);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::qkv_gpu_flash_attention(q, k, v, causal, scale, dropout))
+            }
+        }
     }
 
     fn qkv_gpu_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {

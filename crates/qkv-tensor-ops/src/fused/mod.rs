@@ -16,14 +16,19 @@
 //!
 //! The CPU kernels are plain Rust over contiguous `f32` slices ([`kernels`]), parallel over
 //! rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
-//! GPU kernels are CubeCL kernels (`gpu_kernels`), with their glue in `gpu`.
+//! GPU kernels are CubeCL kernels (`gpu_kernels`, `gpu_rows`, `gpu_flash`), with their glue
+//! in `gpu`.
 
 pub mod backend;
 pub mod flash;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(feature = "gpu")]
+pub mod gpu_flash;
+#[cfg(feature = "gpu")]
 pub mod gpu_kernels;
+#[cfg(feature = "gpu")]
+pub mod gpu_rows;
 pub mod kernels;
 pub mod tile_matmul;
 
@@ -312,6 +317,18 @@ pub fn flash_attention(
     );
     let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
     let device = q.device();
+    #[cfg(feature = "gpu")]
+    if gpu_flash_serves(&q, &k, key_hidden.is_some()) {
+        let dropout = (dropout > 0.0).then(|| (dropout, draw_seed(&device)));
+        return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_flash_attention(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            causal,
+            scale,
+            dropout,
+        ));
+    }
     if !has_fused_kernels(&device, q.dtype()) {
         return flash_attention_explicit(q, k, v, key_hidden, causal, Some(scale), dropout);
     }
@@ -325,6 +342,22 @@ pub fn flash_attention(
         scale,
         dropout,
     ))
+}
+
+/// Whether the GPU flash kernels serve these queries and keys: on a GPU with the `gpu`
+/// feature, without a key mask (the GPU kernels take none; masked calls take the explicit
+/// form), with at least one key, a head dimension of at most 256 (a row's accumulators live
+/// in registers), and every probability's index within `u32` (dropout's mask is indexed by
+/// it).
+pub fn gpu_flash_serves(q: &Tensor<4>, k: &Tensor<4>, key_mask: bool) -> bool {
+    let [batch, n_heads, seq_q, d_head] = q.dims();
+    let seq_k = k.dims()[2];
+    let probs = (batch * n_heads * seq_q).checked_mul(seq_k);
+    !key_mask
+        && has_gpu_kernels(q)
+        && seq_k > 0
+        && (1..=256).contains(&d_head)
+        && probs.is_some_and(|n| n < u32::MAX as usize)
 }
 
 /// The explicit form of [`flash_attention`]: the probabilities materialised by
