@@ -11,6 +11,7 @@ use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::client::Client;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
@@ -166,102 +167,87 @@ pub(super) fn size_u32(n: usize, what: &str) -> u32 {
     u32::try_from(n).unwrap_or_else(|_| panic!("{what} of {n} exceeds the GPU kernels' u32 range"))
 }
 
-/// Exact GELU, element-wise.
-pub fn gelu(x: CubeTensor) -> CubeTensor {
-    let x = into_contiguous(x);
-    let shape = x.shape();
-    let out = empty_like(&x, shape.clone());
-    let (count, dim) = elementwise(&x, shape.num_elements());
-    let dtype = storage(&x);
-    gelu_forward_kernel::launch(
-        &x.client.clone(),
+/// What an element-wise launch receives: the client, the launch geometry, the inputs' and the
+/// output's arguments, and the storage type.
+type ElementwiseLaunch<'a, const N: usize> = (
+    &'a Client,
+    CubeCount,
+    CubeDim,
+    [TensorArg; N],
+    TensorArg,
+    ElemType,
+);
+
+/// Runs an element-wise kernel over `inputs` (made contiguous; the first one's shape and dtype
+/// are the output's) through `launch`, and returns the fresh output.
+fn elementwise_op<const N: usize>(
+    inputs: [CubeTensor; N],
+    launch: impl FnOnce(ElementwiseLaunch<'_, N>),
+) -> CubeTensor {
+    let inputs = inputs.map(into_contiguous);
+    let shape = inputs[0].shape();
+    let out = empty_like(&inputs[0], shape.clone());
+    let (count, dim) = elementwise(&inputs[0], shape.num_elements());
+    let dtype = storage(&inputs[0]);
+    let client = inputs[0].client.clone();
+    let args = inputs.map(CubeTensor::into_tensor_arg);
+    launch((
+        &client,
         count,
         dim,
-        x.into_tensor_arg(),
+        args,
         out.clone().into_tensor_arg(),
         dtype,
-    );
+    ));
     out
+}
+
+/// Exact GELU, element-wise.
+pub fn gelu(x: CubeTensor) -> CubeTensor {
+    elementwise_op([x], |(client, count, dim, [x], out, dtype)| {
+        gelu_forward_kernel::launch(client, count, dim, x, out, dtype)
+    })
 }
 
 /// GELU's backward pass: `dx` from `x` and `dy`.
 pub fn gelu_backward(x: CubeTensor, dy: CubeTensor) -> CubeTensor {
-    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
-    let shape = x.shape();
-    let dx = empty_like(&x, shape.clone());
-    let (count, dim) = elementwise(&x, shape.num_elements());
-    let dtype = storage(&x);
-    gelu_backward_kernel::launch(
-        &x.client.clone(),
-        count,
-        dim,
-        x.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        dtype,
-    );
-    dx
+    elementwise_op([x, dy], |(client, count, dim, [x, dy], dx, dtype)| {
+        gelu_backward_kernel::launch(client, count, dim, x, dy, dx, dtype)
+    })
 }
 
 /// GELU's tanh approximation, element-wise.
 pub fn gelu_tanh(x: CubeTensor) -> CubeTensor {
-    let x = into_contiguous(x);
-    let shape = x.shape();
-    let out = empty_like(&x, shape.clone());
-    let (count, dim) = elementwise(&x, shape.num_elements());
-    let dtype = storage(&x);
-    gelu_tanh_forward_kernel::launch(
-        &x.client.clone(),
-        count,
-        dim,
-        x.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        dtype,
-    );
-    out
+    elementwise_op([x], |(client, count, dim, [x], out, dtype)| {
+        gelu_tanh_forward_kernel::launch(client, count, dim, x, out, dtype)
+    })
 }
 
 /// The tanh approximation's backward pass.
 pub fn gelu_tanh_backward(x: CubeTensor, dy: CubeTensor) -> CubeTensor {
-    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
-    let shape = x.shape();
-    let dx = empty_like(&x, shape.clone());
-    let (count, dim) = elementwise(&x, shape.num_elements());
-    let dtype = storage(&x);
-    gelu_tanh_backward_kernel::launch(
-        &x.client.clone(),
-        count,
-        dim,
-        x.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        dtype,
-    );
-    dx
+    elementwise_op([x, dy], |(client, count, dim, [x, dy], dx, dtype)| {
+        gelu_tanh_backward_kernel::launch(client, count, dim, x, dy, dx, dtype)
+    })
 }
 
 /// Inverted dropout of `x` with the counter-based mask of `seed` (the same elements as Flex
 /// drops for that seed); its backward pass is the same op on the gradient.
 pub fn dropout(x: CubeTensor, prob: f64, seed: u64) -> CubeTensor {
-    let x = into_contiguous(x);
-    let shape = x.shape();
-    let out = empty_like(&x, shape.clone());
-    let (count, dim) = elementwise(&x, shape.num_elements());
-    let dtype = storage(&x);
     let threshold = drop_threshold(prob as f32 as f64);
-    let prob = prob as f32;
-    dropout_kernel::launch(
-        &x.client.clone(),
-        count,
-        dim,
-        x.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        seed as u32,
-        (seed >> 32) as u32,
-        threshold,
-        1.0 / (1.0 - prob),
-        INDEX_MULTIPLIER,
-        dtype,
-    );
-    out
+    let keep_scale = 1.0 / (1.0 - prob as f32);
+    elementwise_op([x], |(client, count, dim, [x], out, dtype)| {
+        dropout_kernel::launch(
+            client,
+            count,
+            dim,
+            x,
+            out,
+            seed as u32,
+            (seed >> 32) as u32,
+            threshold,
+            keep_scale,
+            INDEX_MULTIPLIER,
+            dtype,
+        )
+    })
 }
