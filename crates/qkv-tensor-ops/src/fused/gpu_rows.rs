@@ -56,6 +56,40 @@ fn cube_max<F: Float>(shared: &mut Shared<[F]>, value: F) -> F {
     total
 }
 
+/// The mean of row `x[base..base + d]`, the cube's units striding over it.
+#[cube]
+fn row_mean<F: Float>(x: &Tensor<F>, base: usize, d: usize, shared: &mut Shared<[F]>) -> F {
+    let mut acc = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < d {
+        acc += x[base + j];
+        j += CUBE_DIM_X as usize;
+    }
+    cube_sum::<F>(shared, acc) / F::cast_from(d as u32)
+}
+
+/// `1 / sqrt(var + eps)` of row `x[base..base + d]` around its `mean` (biased variance, the
+/// second of two passes).
+#[cube]
+fn row_inv_std<F: Float>(
+    x: &Tensor<F>,
+    base: usize,
+    d: usize,
+    mean: F,
+    eps: f32,
+    shared: &mut Shared<[F]>,
+) -> F {
+    let mut acc = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < d {
+        let c = x[base + j] - mean;
+        acc += c * c;
+        j += CUBE_DIM_X as usize;
+    }
+    let var = cube_sum::<F>(shared, acc) / F::cast_from(d as u32);
+    F::new(1.0) / (var + F::cast_from(eps)).sqrt()
+}
+
 /// LayerNorm of each row of `x` (`rows × d`): one cube a row.
 #[cube(launch)]
 fn layer_norm_forward_kernel<F: Float>(
@@ -79,23 +113,8 @@ fn layer_norm_forward_kernel<F: Float>(
     let step = CUBE_DIM_X as usize;
     let mut shared = Shared::<[F]>::new_slice(units);
 
-    let mut acc = F::new(0.0);
-    let mut j = unit;
-    while j < d {
-        acc += x[base + j];
-        j += step;
-    }
-    let mean = cube_sum::<F>(&mut shared, acc) / F::cast_from(d as u32);
-
-    let mut acc = F::new(0.0);
-    let mut j = unit;
-    while j < d {
-        let c = x[base + j] - mean;
-        acc += c * c;
-        j += step;
-    }
-    let var = cube_sum::<F>(&mut shared, acc) / F::cast_from(d as u32);
-    let inv_std = F::new(1.0) / (var + F::cast_from(eps)).sqrt();
+    let mean = row_mean::<F>(x, base, d, &mut shared);
+    let inv_std = row_inv_std::<F>(x, base, d, mean, eps, &mut shared);
 
     let mut j = unit;
     while j < d {
@@ -130,23 +149,8 @@ fn layer_norm_backward_kernel<F: Float>(
     let n = F::cast_from(d as u32);
     let mut shared = Shared::<[F]>::new_slice(units);
 
-    let mut acc = F::new(0.0);
-    let mut j = unit;
-    while j < d {
-        acc += x[base + j];
-        j += step;
-    }
-    let mean = cube_sum::<F>(&mut shared, acc) / n;
-
-    let mut acc = F::new(0.0);
-    let mut j = unit;
-    while j < d {
-        let c = x[base + j] - mean;
-        acc += c * c;
-        j += step;
-    }
-    let var = cube_sum::<F>(&mut shared, acc) / n;
-    let inv_std = F::new(1.0) / (var + F::cast_from(eps)).sqrt();
+    let mean = row_mean::<F>(x, base, d, &mut shared);
+    let inv_std = row_inv_std::<F>(x, base, d, mean, eps, &mut shared);
 
     // mean(g·dy) and mean(g·dy·x̂)
     let mut acc_g = F::new(0.0);

@@ -8,8 +8,9 @@
 //! with Burn's autodiff as a single node.
 //!
 //! Where the kernels run: on the Flex CPU backend (with or without autodiff), for `f32`
-//! tensors; and, with the `gpu` feature, LayerNorm, the scaled softmax and both GELUs on
-//! Burn's CubeCL backend (wgpu, vulkan, cuda), also for `f32`. On every other device, and for
+//! tensors; and, with the `gpu` feature, LayerNorm, the scaled softmax, both GELUs, dropout
+//! and unmasked flash attention on Burn's CubeCL backend (wgpu, vulkan, cuda), also for
+//! `f32`. On every other device, and for
 //! other dtypes, the public functions below run the explicit tensor-op path instead, so
 //! callers never need to know. The explicit path is also the oracle: the tests check values
 //! and gradients of every fused op against it.
