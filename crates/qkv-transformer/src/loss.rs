@@ -1,7 +1,6 @@
 //! Next-token cross-entropy, with an index to ignore (padding).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 /// Mean cross-entropy of `logits` against `targets`, over the targets that are not
 /// `ignore_index` (PyTorch's `F.cross_entropy(..., ignore_index=…)`). When every target is
@@ -16,21 +15,7 @@ pub fn cross_entropy(
     targets: Tensor<2, Int>,
     ignore_index: Option<i64>,
 ) -> Tensor<1> {
-    let [batch, seq, vocab] = logits.dims();
-    let rows = batch * seq;
-    let log_probs = log_softmax(logits.reshape([rows, vocab]), 1);
-    let targets = targets.reshape([rows]);
-    let Some(ignore) = ignore_index else {
-        let picked = log_probs.gather(1, targets.reshape([rows, 1]));
-        return picked.mean().neg();
-    };
-    let keep = targets.clone().not_equal_elem(ignore);
-    // Ignored targets may hold any id (often -1); point them at 0 for the gather, then drop them.
-    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
-    let picked = log_probs.gather(1, safe.reshape([rows, 1])).reshape([rows]);
-    let keep = keep.float();
-    let count = keep.clone().sum().clamp_min(1.0);
-    (picked * keep).sum().neg() / count
+    smoothed_cross_entropy(logits, targets, ignore_index, 0.0)
 }
 
 /// The same loss, one row at a time on the host, for tests: `logits` `[rows, vocab]`
@@ -60,32 +45,14 @@ pub fn smoothed_cross_entropy(
     ignore_index: Option<i64>,
     smoothing: f64,
 ) -> Tensor<1> {
-    assert!(
-        (0.0..1.0).contains(&smoothing),
-        "label smoothing must be in [0, 1), got {smoothing}"
-    );
-    if smoothing == 0.0 {
-        return cross_entropy(logits, targets, ignore_index);
-    }
     let [batch, seq, vocab] = logits.dims();
     let rows = batch * seq;
-    let log_probs = log_softmax(logits.reshape([rows, vocab]), 1);
-    let targets = targets.reshape([rows]);
-    let keep = match ignore_index {
-        Some(ignore) => targets.clone().not_equal_elem(ignore),
-        None => targets.clone().greater_equal_elem(i64::MIN),
-    };
-    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
-    let nll = log_probs
-        .clone()
-        .gather(1, safe.reshape([rows, 1]))
-        .reshape([rows])
-        .neg();
-    let uniform = log_probs.mean_dim(1).reshape([rows]).neg();
-    let per_row = nll.mul_scalar(1.0 - smoothing) + uniform.mul_scalar(smoothing);
-    let keep = keep.float();
-    let count = keep.clone().sum().clamp_min(1.0);
-    (per_row * keep).sum() / count
+    qkv_tensor_ops::fused::cross_entropy(
+        logits.reshape([rows, vocab]),
+        targets.reshape([rows]),
+        ignore_index,
+        smoothing,
+    )
 }
 
 /// [`smoothed_cross_entropy`] one row at a time on the host, for tests.

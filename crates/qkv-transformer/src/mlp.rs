@@ -55,11 +55,15 @@ impl Mlp {
     /// # Shapes
     /// `x`: `[rows, d_model]` -> `[rows, d_ff]`
     pub fn hidden(&self, x: Tensor<2>) -> Tensor<2> {
-        let hidden = self.fc.forward(x);
-        if self.tanh_gelu {
-            gelu_tanh(hidden)
-        } else {
-            qkv_tensor_ops::fused::gelu(hidden)
+        match &self.fc.bias {
+            // The bias and the activation in one op (one kernel each way on Flex).
+            Some(bias) => qkv_tensor_ops::fused::bias_gelu(
+                x.matmul(self.fc.weight.val()),
+                bias.val(),
+                self.tanh_gelu,
+            ),
+            None if self.tanh_gelu => gelu_tanh(self.fc.forward(x)),
+            None => qkv_tensor_ops::fused::gelu(self.fc.forward(x)),
         }
     }
 

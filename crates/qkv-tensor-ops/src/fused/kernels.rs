@@ -17,14 +17,14 @@ fn rows_per_task(row_len: usize) -> usize {
 }
 
 /// Lanes of the accumulators below: eight `f32` fill one AVX register, two SSE registers.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Runs `f` compiled for the best instruction set this CPU has (AVX-512, or AVX2 and FMA),
 /// detected at run time, so the loops inside vectorise at full width; a plain build targets
 /// baseline x86-64 (SSE2). Everything `f` calls must be `#[inline(always)]` to be compiled
 /// the same way.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
@@ -137,33 +137,6 @@ fn normal_cdf_pdf(x: f32) -> (f32, f32) {
     (0.5 * (1.0 + erf), inv_sqrt_2pi * e)
 }
 
-/// Exact GELU, `x·Φ(x)`, elementwise: `out[i] = gelu(x[i])`.
-pub fn gelu_forward(x: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(TASK_ELEMS)
-        .zip(x.par_chunks(TASK_ELEMS))
-        .for_each(|(out, x)| {
-            simd(|| {
-                for (o, &x) in out.iter_mut().zip(x) {
-                    *o = x * normal_cdf_pdf(x).0;
-                }
-            })
-        });
-}
-
-/// GELU's backward pass: `dx[i] = dy[i] · (Φ(x[i]) + x[i]·φ(x[i]))`.
-pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    dx.par_chunks_mut(TASK_ELEMS)
-        .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
-        .for_each(|(dx, (x, dy))| {
-            simd(|| {
-                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    let (cdf, pdf) = normal_cdf_pdf(x);
-                    *o = g * (cdf + x * pdf);
-                }
-            })
-        });
-}
-
 /// `√(2/π)`, and the cubic coefficient of GELU's tanh approximation.
 const GELU_TANH_C: f32 = 0.797_884_6;
 const GELU_TANH_A: f32 = 0.044_715;
@@ -175,35 +148,135 @@ fn tanh(u: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * u) + 1.0)
 }
 
-/// GELU's tanh approximation (GPT-2's `gelu_new`), elementwise:
-/// `out[i] = x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-pub fn gelu_tanh_forward(x: &[f32], out: &mut [f32]) {
+/// GELU at `x`: exact, `x·Φ(x)`, or with `TANH` its tanh approximation (GPT-2's `gelu_new`),
+/// `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+#[inline(always)]
+pub(super) fn gelu_at<const TANH: bool>(x: f32) -> f32 {
+    if TANH {
+        let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
+        0.5 * x * (1.0 + t)
+    } else {
+        x * normal_cdf_pdf(x).0
+    }
+}
+
+/// GELU's derivative at `x`: exact, `Φ(x) + x·φ(x)`, or with `TANH` the tanh approximation's,
+/// `½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²)`.
+#[inline(always)]
+pub(super) fn gelu_slope<const TANH: bool>(x: f32) -> f32 {
+    if TANH {
+        let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
+        let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+    } else {
+        let (cdf, pdf) = normal_cdf_pdf(x);
+        cdf + x * pdf
+    }
+}
+
+/// GELU ([`gelu_at`]) elementwise: `out[i] = gelu(x[i])`.
+fn gelu_elementwise<const TANH: bool>(x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS))
         .for_each(|(out, x)| {
             simd(|| {
                 for (o, &x) in out.iter_mut().zip(x) {
-                    let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
-                    *o = 0.5 * x * (1.0 + t);
+                    *o = gelu_at::<TANH>(x);
                 }
             })
         });
 }
 
-/// The tanh approximation's backward pass:
-/// `dx = dy · (½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²))`.
-pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+/// GELU's backward pass ([`gelu_slope`]) elementwise: `dx[i] = dy[i] · gelu'(x[i])`.
+fn gelu_elementwise_backward<const TANH: bool>(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
         .for_each(|(dx, (x, dy))| {
             simd(|| {
                 for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
-                    let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
-                    *o = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                    *o = g * gelu_slope::<TANH>(x);
                 }
             })
         });
+}
+
+/// Exact GELU, `x·Φ(x)`, elementwise: `out[i] = gelu(x[i])`.
+pub fn gelu_forward(x: &[f32], out: &mut [f32]) {
+    gelu_elementwise::<false>(x, out)
+}
+
+/// GELU's backward pass: `dx[i] = dy[i] · (Φ(x[i]) + x[i]·φ(x[i]))`.
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_elementwise_backward::<false>(x, dy, dx)
+}
+
+/// GELU's tanh approximation (GPT-2's `gelu_new`), elementwise:
+/// `out[i] = x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_tanh_forward(x: &[f32], out: &mut [f32]) {
+    gelu_elementwise::<true>(x, out)
+}
+
+/// The tanh approximation's backward pass:
+/// `dx = dy · (½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²))`.
+pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_elementwise_backward::<true>(x, dy, dx)
+}
+
+/// `out = gelu(h + bias)` over rows of `d = bias.len()` (exact GELU, or with `TANH` the tanh
+/// approximation): a linear layer's bias and its activation in one pass.
+pub fn bias_gelu_forward<const TANH: bool>(h: &[f32], bias: &[f32], out: &mut [f32]) {
+    let d = bias.len();
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk)
+        .zip(h.par_chunks(chunk))
+        .for_each(|(out, h)| {
+            simd(|| {
+                for (out, h) in out.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+                    for j in 0..d {
+                        out[j] = gelu_at::<TANH>(h[j] + bias[j]);
+                    }
+                }
+            })
+        });
+}
+
+/// Backward of [`bias_gelu_forward`]: writes `dh = dy · gelu'(h + bias)` and returns
+/// `dbias = Σ_rows dh`.
+pub fn bias_gelu_backward<const TANH: bool>(
+    h: &[f32],
+    bias: &[f32],
+    dy: &[f32],
+    dh: &mut [f32],
+) -> Vec<f32> {
+    let d = bias.len();
+    let chunk = rows_per_task(d) * d;
+    dh.par_chunks_mut(chunk)
+        .zip(h.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(dh, (h, dy))| {
+            simd(|| {
+                let mut dbias = vec![0.0f32; d];
+                let rows = dh
+                    .chunks_exact_mut(d)
+                    .zip(h.chunks_exact(d).zip(dy.chunks_exact(d)));
+                for (dh, (h, dy)) in rows {
+                    for j in 0..d {
+                        let g = dy[j] * gelu_slope::<TANH>(h[j] + bias[j]);
+                        dh[j] = g;
+                        dbias[j] += g;
+                    }
+                }
+                dbias
+            })
+        })
+        .reduce(
+            || vec![0.0f32; d],
+            |mut a, b| {
+                for j in 0..d {
+                    a[j] += b[j];
+                }
+                a
+            },
+        )
 }
 
 /// Chris Wellons' `lowbias32` integer hash: a bijection on `u32` with good avalanche, built

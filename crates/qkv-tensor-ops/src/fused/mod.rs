@@ -1,6 +1,7 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
-//! of attention, exact GELU, dropout, and whole attention without materialised probabilities
-//! ([`flash_attention`]).
+//! of attention, exact GELU, dropout, whole attention without materialised probabilities
+//! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu`]), and the
+//! softmax cross-entropy of the LM head ([`cross_entropy`]).
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -21,6 +22,7 @@
 //! in `gpu`.
 
 pub mod backend;
+pub mod bias_gelu;
 pub mod flash;
 #[cfg(feature = "gpu")]
 pub mod gpu;
@@ -31,6 +33,7 @@ pub mod gpu_kernels;
 #[cfg(feature = "gpu")]
 pub mod gpu_rows;
 pub mod kernels;
+pub mod loss;
 pub mod tile_matmul;
 
 use burn::backend::DispatchDevice;
@@ -40,8 +43,10 @@ use burn::tensor::{DType, Distribution};
 
 use crate::mask::causal_mask;
 use backend::{FusedOps, FusedOptim};
+pub use bias_gelu::{bias_gelu, bias_gelu_explicit};
 use burn::backend::Dispatch;
 pub use kernels::AdamWStep;
+pub use loss::{cross_entropy, cross_entropy_explicit};
 
 /// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or
 /// without autodiff) and `f32`.

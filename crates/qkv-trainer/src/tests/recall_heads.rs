@@ -1,6 +1,7 @@
 //! After training the default recall task, some head looks straight at the answer: at the
 //! query position, its highest weight falls on the pair with the queried key. Ablation and
-//! activation patching both single out that head.
+//! activation patching both single out the same head, and it is one that does this (training
+//! may grow two such heads).
 
 use std::sync::atomic::AtomicBool;
 
@@ -40,6 +41,8 @@ fn a_trained_recall_head_finds_the_matching_pair() {
     let seq = batch.seq;
     let n_pairs = task.n_pairs;
     let mut best = (0.0, 0, 0);
+    // Each head's hit rate: training may grow more than one head that finds the pair.
+    let mut rates = Vec::new();
     for (layer, probs) in recorded.attention.iter().enumerate() {
         let [_, n_heads, _, _] = probs.dims();
         let p: Vec<f32> = probs.clone().into_data().try_into_vec_as().unwrap();
@@ -64,6 +67,7 @@ fn a_trained_recall_head_finds_the_matching_pair() {
                 }
             }
             let rate = hits as f64 / queries as f64;
+            rates.push(((layer, head), rate));
             if rate > best.0 {
                 best = (rate, layer, head);
             }
@@ -143,10 +147,15 @@ fn a_trained_recall_head_finds_the_matching_pair() {
          ablation hurts most at {by_ablation:?}",
         restored[top] / prompts as f32
     );
-    assert_eq!(
-        by_patching,
-        (best.1, best.2),
-        "and it is the head that looks at the pair"
+    let rate = rates
+        .iter()
+        .find(|(head, _)| *head == by_patching)
+        .map_or(0.0, |(_, rate)| *rate);
+    assert!(
+        rate >= 0.95,
+        "and it is a head that looks at the pair: {by_patching:?} finds it in {:.1}% of \
+         queries (heads and rates: {rates:?})",
+        rate * 100.0
     );
     assert!(
         restored[top] / prompts as f32 > 0.5,
