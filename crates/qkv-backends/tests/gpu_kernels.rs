@@ -1,4 +1,5 @@
-//! The fused ops' GPU kernels (LayerNorm, the scaled causal softmax, exact and tanh GELU) on
+//! The fused ops' GPU kernels (LayerNorm, the scaled causal softmax, exact and tanh GELU,
+//! flash attention, dropout, the LM head's cross-entropy) on
 //! wgpu, Mesa's software Vulkan driver in CI, against their explicit tensor-op forms on the
 //! same device: values and every input's gradient. The shapes exercise what the kernels do
 //! differently from the element-wise paths: rows longer than one cube (the units stride), rows
@@ -17,8 +18,8 @@
 use burn::prelude::*;
 use qkv_backends::{Backend, count_launches, sync};
 use qkv_tensor_ops::fused::{
-    dropout, flash_attention, flash_attention_explicit, gelu, gelu_tanh, gpu_flash_serves,
-    with_dropout_seeds,
+    cross_entropy, cross_entropy_explicit, dropout, flash_attention, flash_attention_explicit,
+    gelu, gelu_tanh, gpu_flash_serves, with_dropout_seeds,
 };
 use qkv_tensor_ops::fused::{
     gelu_tanh_explicit, has_gpu_kernels, layer_norm, layer_norm_explicit, scaled_softmax,
@@ -185,6 +186,72 @@ fn flash_attention_matches_explicit_values_and_gradients() {
 
 /// Dropout on the GPU drops exactly the elements Flex drops for the same seed (the same
 /// counter-based hash), forward and backward, and keeps about `1 - prob` of them.
+/// The loss and its logits' gradient after `(loss · weight).backward()`.
+fn loss_and_grad(
+    logits: Tensor<2>,
+    ids: &[i64],
+    ignore: Option<i64>,
+    smoothing: f64,
+    weight: f32,
+    explicit: bool,
+) -> (f32, Vec<f32>) {
+    let device = logits.device();
+    let logits = logits.require_grad();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), &device);
+    let loss = if explicit {
+        cross_entropy_explicit(logits.clone(), targets, ignore, smoothing)
+    } else {
+        cross_entropy(logits.clone(), targets, ignore, smoothing)
+    };
+    let grads = loss.clone().mul_scalar(weight).backward();
+    let grad = values(logits.grad(&grads).expect("logits are tracked"));
+    (values(loss)[0], grad)
+}
+
+#[test]
+fn cross_entropy_matches_explicit_values_and_gradients() {
+    // A vocabulary shorter than a cube and one longer (the units stride); ignored rows; label
+    // smoothing; an incoming gradient other than 1.
+    for (rows, vocab, ignore, smoothing, weight) in [
+        (24, 65, Some(-100), 0.0, 1.0),
+        (9, 1000, None, 0.1, 0.7),
+        (16, 300, Some(-1), 0.0, -2.0),
+    ] {
+        let device = gpu();
+        let data = SeededRng::new((rows * vocab) as u64).vec(rows * vocab, 6.0);
+        let mut ids: Vec<i64> = (0..rows).map(|r| ((r * 7919 + 3) % vocab) as i64).collect();
+        if let Some(ignore) = ignore {
+            ids[1] = ignore;
+        }
+        let logits =
+            || Tensor::<2>::from_data(TensorData::new(data.clone(), [rows, vocab]), &device);
+        let what = format!("cross_entropy {rows}x{vocab} ignore={ignore:?} smoothing={smoothing}");
+        let ((got, got_grad), launches) = count_launches(|| {
+            let result = loss_and_grad(logits(), &ids, ignore, smoothing, weight, false);
+            sync(&device);
+            result
+        });
+        let rows_kernel = launches
+            .by_kernel
+            .iter()
+            .filter(|(name, _)| name.contains("cross_entropy_kernel"))
+            .map(|(_, n)| n)
+            .sum::<usize>();
+        assert_eq!(
+            rows_kernel, 1,
+            "{what}: the row kernel ran {rows_kernel} times"
+        );
+        let (want, want_grad) = loss_and_grad(logits(), &ids, ignore, smoothing, weight, true);
+        assert!(
+            (got - want).abs() <= TOL * want.abs().max(1.0),
+            "{what}: loss {got} against {want}"
+        );
+        let scale = want_grad.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0, "{what}: the explicit gradient is all zeros");
+        qkv_test_support::assert_close(&got_grad, &want_grad, TOL * scale, &what);
+    }
+}
+
 #[test]
 fn dropout_matches_flex_mask_for_the_same_seed() {
     let run = |device: &Device| {

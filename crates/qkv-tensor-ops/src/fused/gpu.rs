@@ -12,7 +12,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, backend_extension};
+use burn::backend::{Autodiff, Backend, TensorMetadata, backend_extension};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 
@@ -66,6 +66,17 @@ pub trait GpuFusedOps: Backend {
         causal: bool,
         scale: f64,
         dropout: Option<(f64, u64)>,
+    ) -> FloatTensor<Self>;
+
+    /// Each row's softmax cross-entropy of `logits` (`[rows, vocab]`) against `targets`
+    /// (`[rows]`, ids as floats, negative = ignored), with label smoothing: `[rows]`.
+    #[fusion(meta = |logits: &TensorSpec, _targets: &TensorSpec, _smoothing: &f64| {
+        TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype)
+    })]
+    fn qkv_gpu_cross_entropy_rows(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        smoothing: f64,
     ) -> FloatTensor<Self>;
 }
 
@@ -134,6 +145,18 @@ pub trait GpuFusedBackward: Backend {
         scale: f64,
         dropout: Option<(f64, u64)>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`GpuFusedOps::qkv_gpu_cross_entropy_rows`] with each row loss's gradient with respect to
+    /// the logits (`[rows, vocab]`, zero rows where ignored).
+    #[fusion(meta = |logits: &TensorSpec, _targets: &TensorSpec, _smoothing: &f64| {
+        let rows = Shape::new([logits.shape[0]]);
+        (TensorSpec::new(rows, logits.dtype), logits.clone())
+    })]
+    fn qkv_gpu_cross_entropy_rows_with_grad(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        smoothing: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl GpuFusedOps for CubeBackend {
@@ -171,6 +194,14 @@ impl GpuFusedOps for CubeBackend {
         dropout: Option<(f64, u64)>,
     ) -> CubeTensor {
         gpu_flash::flash_attention(q, k, v, causal, scale, dropout).0
+    }
+
+    fn qkv_gpu_cross_entropy_rows(
+        logits: CubeTensor,
+        targets: CubeTensor,
+        smoothing: f64,
+    ) -> CubeTensor {
+        gpu_rows::cross_entropy_rows(logits, targets, smoothing, false).0
     }
 }
 
@@ -223,6 +254,15 @@ impl GpuFusedBackward for CubeBackend {
         dropout: Option<(f64, u64)>,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         gpu_flash::flash_attention_backward(q, k, v, out, lse, dout, causal, scale, dropout)
+    }
+
+    fn qkv_gpu_cross_entropy_rows_with_grad(
+        logits: CubeTensor,
+        targets: CubeTensor,
+        smoothing: f64,
+    ) -> (CubeTensor, CubeTensor) {
+        let (loss, grad) = gpu_rows::cross_entropy_rows(logits, targets, smoothing, true);
+        (loss, grad.expect("asked for the gradient"))
     }
 }
 
@@ -335,6 +375,26 @@ impl<B: GpuFusedBackward> Backward<B, 3> for FlashNode {
     }
 }
 
+/// The row losses' autodiff node: keeps the gradient of each row's loss, written by the
+/// forward kernel, and scales each row by its incoming gradient.
+#[derive(Debug)]
+struct CrossEntropyNode;
+
+impl<B: GpuFusedBackward> Backward<B, 2> for CrossEntropyNode {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [logits_node, _targets] = ops.parents;
+        let drows = grads.consume::<B>(&ops.node);
+        if let Some(node) = logits_node {
+            let grad = ops.state;
+            let rows = grad.shape()[0];
+            let drows = B::float_reshape(drows, Shape::new([rows, 1]));
+            grads.register::<B>(node.id, B::float_mul(grad, drows));
+        }
+    }
+}
+
 /// One GELU (exact or tanh) as an autodiff node.
 fn autodiff_gelu<B: GpuFusedOps + GpuFusedBackward, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
@@ -440,6 +500,28 @@ impl<B: GpuFusedOps + GpuFusedBackward, C: CheckpointStrategy> GpuFusedOps for A
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::qkv_gpu_flash_attention(q, k, v, causal, scale, dropout))
+            }
+        }
+    }
+
+    fn qkv_gpu_cross_entropy_rows(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        smoothing: f64,
+    ) -> FloatTensor<Self> {
+        let prep = CrossEntropyNode
+            .prepare::<C>([logits.node(), targets.node()])
+            .compute_bound()
+            .stateful();
+        let (logits, targets) = (logits.into_primitive(), targets.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (loss, grad) =
+                    B::qkv_gpu_cross_entropy_rows_with_grad(logits, targets, smoothing);
+                prep.finish(grad, loss)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::qkv_gpu_cross_entropy_rows(logits, targets, smoothing))
             }
         }
     }

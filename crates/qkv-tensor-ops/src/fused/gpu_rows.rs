@@ -1,5 +1,5 @@
 //! The row kernels of the fused ops on the GPU: LayerNorm and the scaled causal softmax,
-//! forward and backward. One cube takes a row: its units stride over the row, and a row's sums
+//! forward and backward, and the softmax cross-entropy of the LM head. One cube takes a row: its units stride over the row, and a row's sums
 //! and maxima are reduced through shared memory. A causal softmax row only reads the keys its
 //! query can see, so no `-inf` is ever written or compared (WGSL has no infinity literal).
 
@@ -416,4 +416,120 @@ pub fn scaled_softmax_backward(probs: CubeTensor, dprobs: CubeTensor, scale: f64
         dtype,
     );
     ds
+}
+
+/// Softmax cross-entropy of each row of `logits` (`rows × vocab`) against `targets` (one id a
+/// row, as a float; negative = ignored): writes the row's loss `lse − (1 − ε)·x_t − ε·mean(x)`
+/// and, `with_grad`, its gradient `softmax − (1 − ε)·onehot(t) − ε/vocab` (zeros for an ignored
+/// row).
+#[cube(launch)]
+fn cross_entropy_kernel<F: Float>(
+    logits: &Tensor<F>,
+    targets: &Tensor<F>,
+    row_loss: &mut Tensor<F>,
+    grad: &mut Tensor<F>,
+    rows: u32,
+    vocab: u32,
+    smoothing: f32,
+    #[comptime] with_grad: bool,
+    #[comptime] units: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let vocab = vocab as usize;
+    let base = row * vocab;
+    let unit = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let target = targets[row];
+    // Every unit of the cube reads the same target, so the whole cube leaves together.
+    if target < F::new(0.0) {
+        if with_grad {
+            let mut j = unit;
+            while j < vocab {
+                grad[base + j] = F::new(0.0);
+                j += step;
+            }
+        }
+        if unit == 0 {
+            row_loss[row] = F::new(0.0);
+        }
+        terminate!();
+    }
+    let t = u32::cast_from(target) as usize;
+    let mut shared = Shared::<[F]>::new_slice(units);
+
+    // Logits are finite, so any value below them bounds the maximum from below.
+    let mut m = F::new(-3.0e38);
+    let mut total = F::new(0.0);
+    let mut j = unit;
+    while j < vocab {
+        m = max(m, logits[base + j]);
+        total += logits[base + j];
+        j += step;
+    }
+    let m = cube_max::<F>(&mut shared, m);
+    let total = cube_sum::<F>(&mut shared, total);
+
+    let mut acc = F::new(0.0);
+    let mut j = unit;
+    while j < vocab {
+        acc += (logits[base + j] - m).exp();
+        j += step;
+    }
+    let lse = m + cube_sum::<F>(&mut shared, acc).ln();
+
+    let eps = F::cast_from(smoothing);
+    let n = F::cast_from(vocab as u32);
+    if unit == 0 {
+        row_loss[row] = lse - (F::new(1.0) - eps) * logits[base + t] - eps * total / n;
+    }
+    if with_grad {
+        let mut j = unit;
+        while j < vocab {
+            let mut g = (logits[base + j] - lse).exp() - eps / n;
+            if j == t {
+                g -= F::new(1.0) - eps;
+            }
+            grad[base + j] = g;
+            j += step;
+        }
+    }
+}
+
+/// Each row's softmax cross-entropy (`[rows]`) of `logits` (`[rows, vocab]`) against `targets`
+/// (`[rows]`, ids as floats, negative = ignored), and with `with_grad` the gradient of each
+/// row's loss with respect to its logits (`[rows, vocab]`).
+pub fn cross_entropy_rows(
+    logits: CubeTensor,
+    targets: CubeTensor,
+    smoothing: f64,
+    with_grad: bool,
+) -> (CubeTensor, Option<CubeTensor>) {
+    let (logits, targets) = (into_contiguous(logits), into_contiguous(targets));
+    let shape = logits.shape();
+    let (rows, vocab) = rows_and_last(&shape);
+    let row_loss = empty_like(&logits, Shape::new([rows]));
+    // Without the gradient, the kernel still takes a tensor there: one element, never written.
+    let grad = empty_like(&logits, if with_grad { shape } else { Shape::new([1]) });
+    let (count, dim) = per_row(&logits, rows);
+    let dtype = storage(&logits);
+    cross_entropy_kernel::launch(
+        &logits.client.clone(),
+        count,
+        dim,
+        logits.into_tensor_arg(),
+        targets.into_tensor_arg(),
+        row_loss.clone().into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        size_u32(rows, "rows"),
+        size_u32(vocab, "the vocabulary"),
+        smoothing as f32,
+        with_grad,
+        ROW_UNITS,
+        dtype,
+    );
+    (row_loss, with_grad.then_some(grad))
 }

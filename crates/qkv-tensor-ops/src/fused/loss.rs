@@ -9,8 +9,9 @@
 //! cache). The backward pass only scales that gradient by the incoming one, which for a loss
 //! that is the graph's root is 1, so it returns the stored tensor as it is.
 //!
-//! [`cross_entropy`] routes: the kernel on Flex for `f32` logits, [`cross_entropy_explicit`]
-//! (tensor ops, the oracle of the tests) everywhere else.
+//! [`cross_entropy`] routes: the kernel on Flex for `f32` logits; with the `gpu` feature, a row
+//! kernel on CubeCL devices (each row's loss and gradient, averaged on the device); and
+//! [`cross_entropy_explicit`] (tensor ops, the oracle of the tests) everywhere else.
 
 use std::sync::Arc;
 
@@ -83,6 +84,10 @@ pub fn cross_entropy(
         "cross_entropy: {rows} rows of logits but {} targets",
         targets.dims()[0]
     );
+    #[cfg(feature = "gpu")]
+    if super::has_gpu_kernels(&logits) && vocab < 1 << 24 {
+        return gpu_cross_entropy(logits, targets, ignore_index, smoothing);
+    }
     if !has_fused_kernels(&logits.device(), logits.dtype()) {
         return cross_entropy_explicit(logits, targets, ignore_index, smoothing);
     }
@@ -110,6 +115,37 @@ pub fn cross_entropy(
         targets,
         smoothing,
     ))
+}
+
+/// [`cross_entropy`] on the GPU: one row kernel writes each row's loss (and, under autodiff,
+/// its gradient); the mean over the kept rows stays on the device, so nothing waits for the
+/// host. The targets go to the kernel as floats, exact for ids below 2²⁴.
+///
+/// - `logits`: `[rows, vocab]`; `targets`: `[rows]`; returns `[1]`
+#[cfg(feature = "gpu")]
+fn gpu_cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    ignore_index: Option<i64>,
+    smoothing: f64,
+) -> Tensor<1> {
+    let keep = ignore_index.map(|ignore| targets.clone().not_equal_elem(ignore));
+    let ids = targets.float();
+    let ids = match &keep {
+        Some(keep) => ids.mask_fill(keep.clone().bool_not(), -1.0),
+        None => ids,
+    };
+    let row_loss = Tensor::<1>::from_dispatch(
+        <Dispatch as super::gpu::GpuFusedOps>::qkv_gpu_cross_entropy_rows(
+            logits.into_dispatch(),
+            ids.into_dispatch(),
+            smoothing,
+        ),
+    );
+    match keep {
+        None => row_loss.mean(),
+        Some(keep) => row_loss.sum() / keep.float().sum().clamp_min(1.0),
+    }
 }
 
 /// [`cross_entropy`] with tensor ops (`log_softmax`, gather, masked mean), differentiated by
