@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use qkv_attention::{MhaInput, MultiHeadAttentionConfig};
+use qkv_tensor_ops::fused::{gpu_kernels_serve, with_dropout_seeds};
 use qkv_trainer::optim::{AdamW, AdamWSettings};
 use qkv_trainer::train_step as trainer_step;
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, cross_entropy};
@@ -257,12 +258,24 @@ fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
         eps: 1e-8,
         weight_decay: 0.1,
     });
+    // As the trainer does on a GPU, dropout's seeds come from a host stream (one per
+    // iteration) rather than from the device, which would wait for it at every dropout.
+    let on_gpu = gpu_kernels_serve(&device);
+    let mut iteration = 0u64;
     Box::new(move || {
         let m = model.take().expect("model");
-        let (m, report) = trainer_step(m, &mut adamw, 1, 1e-3, 1.0, |m| {
-            Ok(cross_entropy(m.forward(x.clone()), y.clone(), None))
-        })
-        .expect("training step");
+        let step = || {
+            trainer_step(m, &mut adamw, 1, 1e-3, 1.0, |m| {
+                Ok(cross_entropy(m.forward(x.clone()), y.clone(), None))
+            })
+        };
+        iteration += 1;
+        let result = if on_gpu {
+            with_dropout_seeds(iteration, step)
+        } else {
+            step()
+        };
+        let (m, report) = result.expect("training step");
         assert!(report.applied, "the benchmark's step diverged");
         sync(&device);
         model = Some(m);

@@ -252,6 +252,53 @@ fn cross_entropy_matches_explicit_values_and_gradients() {
     }
 }
 
+/// Under a host seed stream, as the trainer and the benchmark install on a GPU, dropout draws
+/// no random numbers on the device (a kernel and a wait for its result each time): only the
+/// dropout kernel runs.
+#[test]
+fn dropout_under_a_host_seed_stream_launches_only_its_kernel() {
+    let device = gpu().inner();
+    let x = random_tensor(&mut SeededRng::new(4), [8, 64], 1.0, &device);
+    sync(&device);
+    let launched = |stream: bool| {
+        let ((), launches) = count_launches(|| {
+            let y = if stream {
+                with_dropout_seeds(5, || dropout(x.clone(), 0.2))
+            } else {
+                dropout(x.clone(), 0.2)
+            };
+            let _ = values(y);
+            sync(&device);
+        });
+        launches
+    };
+    let (drawn, streamed) = (launched(false), launched(true));
+    let dropout_kernels = |l: &qkv_backends::LaunchCounts| {
+        l.by_kernel
+            .iter()
+            .filter(|(name, _)| name.contains("dropout"))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    assert_eq!(
+        dropout_kernels(&streamed),
+        1,
+        "launched: {:?}",
+        streamed.by_kernel
+    );
+    assert_eq!(
+        streamed.total(),
+        1,
+        "a seed from the host stream launched more than the dropout kernel: {:?}",
+        streamed.by_kernel
+    );
+    assert!(
+        drawn.total() > streamed.total(),
+        "a seed drawn on the device launched no kernel of its own: {:?}",
+        drawn.by_kernel
+    );
+}
+
 #[test]
 fn dropout_matches_flex_mask_for_the_same_seed() {
     let run = |device: &Device| {

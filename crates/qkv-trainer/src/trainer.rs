@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use qkv_tensor_ops::fused::{gpu_kernels_serve, with_dropout_seeds};
 use qkv_transformer::SplitMix64;
 use qkv_transformer::weights::write_atomically;
 
@@ -254,22 +255,33 @@ impl<T: Task> Trainer<T> {
             let lr = recipe.schedule.at(self.step);
             let (model, report, tokens) = if self.workers.is_empty() {
                 // Dropout masks come from the device's generator; seeding it per step makes
-                // them a function of the step, so a resumed run draws the same ones.
-                self.device.seed(recipe.seed.wrapping_add(self.step as u64));
+                // them a function of the step, so a resumed run draws the same ones. On a GPU,
+                // drawing a seed there would wait for the device at every dropout, so the
+                // masks' seeds come from a host stream seeded by the step instead.
+                let step_seed = recipe.seed.wrapping_add(self.step as u64);
+                self.device.seed(step_seed);
                 let mut tokens = 0;
                 let (task, rng, device) = (&self.task, &mut self.rng, &self.device);
-                let (model, report) = train_step(
-                    self.model.clone(),
-                    &mut self.optimizer,
-                    recipe.grad_accum,
-                    lr,
-                    recipe.grad_clip,
-                    |model| {
-                        let batch = task.batch(rng);
-                        tokens += task.batch_tokens(&batch);
-                        task.loss(model, &batch, device)
-                    },
-                )?;
+                let (model, optimizer) = (self.model.clone(), &mut self.optimizer);
+                let step = || {
+                    train_step(
+                        model,
+                        optimizer,
+                        recipe.grad_accum,
+                        lr,
+                        recipe.grad_clip,
+                        |model| {
+                            let batch = task.batch(rng);
+                            tokens += task.batch_tokens(&batch);
+                            task.loss(model, &batch, device)
+                        },
+                    )
+                };
+                let (model, report) = if gpu_kernels_serve(device) {
+                    with_dropout_seeds(step_seed, step)?
+                } else {
+                    step()?
+                };
                 (model, report, tokens)
             } else {
                 train_step_parallel(

@@ -60,29 +60,35 @@ pub fn has_fused_kernels(device: &Device, dtype: DType) -> bool {
     )
 }
 
-/// Whether the GPU kernels serve `t`: built with the `gpu` feature, on a CubeCL device (wgpu,
-/// vulkan, cuda, with or without autodiff), `f32`, and with fewer than 2³² elements (the
-/// kernels index with `u32`). `QKV_GPU_KERNELS=off` in the environment (read once per
-/// process) keeps every GPU op on the explicit path, to compare the two in one build.
-pub fn has_gpu_kernels<const D: usize>(t: &Tensor<D>) -> bool {
+/// Whether the GPU kernels serve `device`: built with the `gpu` feature, a CubeCL device (wgpu,
+/// vulkan, cuda, with or without autodiff), and not turned off by `QKV_GPU_KERNELS=off` in the
+/// environment (read once per process), which keeps every GPU op on the explicit path, to
+/// compare the two in one build.
+pub fn gpu_kernels_serve(device: &Device) -> bool {
     #[cfg(feature = "gpu")]
     {
         static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let enabled =
             *ENABLED.get_or_init(|| std::env::var("QKV_GPU_KERNELS").map_or(true, |v| v != "off"));
         enabled
-            && t.dtype() == DType::F32
-            && t.shape().num_elements() < u32::MAX as usize
             && matches!(
-                t.device().as_dispatch().clone().inner(),
+                device.as_dispatch().clone().inner(),
                 DispatchDevice::Cube(_)
             )
     }
     #[cfg(not(feature = "gpu"))]
     {
-        let _ = t;
+        let _ = device;
         false
     }
+}
+
+/// Whether the GPU kernels serve `t`: on a device they serve ([`gpu_kernels_serve`]), `f32`,
+/// and with fewer than 2³² elements (the kernels index with `u32`).
+pub fn has_gpu_kernels<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32
+        && t.shape().num_elements() < u32::MAX as usize
+        && gpu_kernels_serve(&t.device())
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
