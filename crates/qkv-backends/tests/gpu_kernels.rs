@@ -25,7 +25,19 @@ use qkv_tensor_ops::fused::{
     gelu_tanh_explicit, has_gpu_kernels, layer_norm, layer_norm_explicit, scaled_softmax,
     scaled_softmax_explicit,
 };
-use qkv_test_support::{SeededRng, check_parity, random_tensor, values};
+use qkv_test_support::{SeededRng, check_parity, loss_and_grad, random_tensor, values};
+
+/// Holds every test of this binary to one at a time: the launch counts below are taken from a
+/// process-wide observer, so a test running beside another would count its kernels too.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This test's turn on the GPU (see [`SERIAL`]); a test that failed holding it does not
+/// poison the others.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The wgpu device with autodiff, or a failure that says how to install a driver.
 fn gpu() -> Device {
@@ -37,6 +49,7 @@ const TOL: f32 = 2e-5;
 
 #[test]
 fn kernels_serve_cubecl_f32_only() {
+    let _serial = serial();
     let device = gpu();
     let x = random_tensor(&mut SeededRng::new(1), [2, 3], 1.0, &device);
     assert!(has_gpu_kernels(&x));
@@ -49,6 +62,7 @@ fn kernels_serve_cubecl_f32_only() {
 
 #[test]
 fn layer_norm_matches_explicit_values_and_gradients() {
+    let _serial = serial();
     // 300 > the cube's 128 units; 37 < it; 70,000 rows need a second launch dimension. The
     // offset mean tests the two-pass variance, except on rows of 3, where it would make the
     // result ill-conditioned (a spread of 0.01 around 5 loses digits in any summation order).
@@ -76,6 +90,7 @@ fn layer_norm_matches_explicit_values_and_gradients() {
 
 #[test]
 fn scaled_softmax_matches_explicit_values_and_gradients() {
+    let _serial = serial();
     // Square, fewer queries than keys (a cached prefix), rows longer than a cube, and plain.
     for (seq_q, seq_k, causal) in [(7, 7, true), (5, 9, true), (3, 300, true), (5, 200, false)] {
         let device = gpu();
@@ -115,6 +130,7 @@ fn exact_gelu([x]: [Tensor<3>; 1]) -> Tensor<3> {
 
 #[test]
 fn gelus_match_explicit_values_and_gradients() {
+    let _serial = serial();
     let device = gpu();
     let x = random_tensor(&mut SeededRng::new(8), [3, 5, 67], 4.0, &device);
     check_parity("gelu", [x.clone()], |[x]| gelu(x), exact_gelu, TOL);
@@ -141,6 +157,7 @@ fn gelus_match_explicit_values_and_gradients() {
 /// paths).
 #[test]
 fn flash_attention_matches_explicit_values_and_gradients() {
+    let _serial = serial();
     let device = gpu();
     let cases = [
         // (batch, n_heads, seq_q, seq_k, d_head, causal, dropout)
@@ -186,30 +203,9 @@ fn flash_attention_matches_explicit_values_and_gradients() {
 
 /// Dropout on the GPU drops exactly the elements Flex drops for the same seed (the same
 /// counter-based hash), forward and backward, and keeps about `1 - prob` of them.
-/// The loss and its logits' gradient after `(loss · weight).backward()`.
-fn loss_and_grad(
-    logits: Tensor<2>,
-    ids: &[i64],
-    ignore: Option<i64>,
-    smoothing: f64,
-    weight: f32,
-    explicit: bool,
-) -> (f32, Vec<f32>) {
-    let device = logits.device();
-    let logits = logits.require_grad();
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), &device);
-    let loss = if explicit {
-        cross_entropy_explicit(logits.clone(), targets, ignore, smoothing)
-    } else {
-        cross_entropy(logits.clone(), targets, ignore, smoothing)
-    };
-    let grads = loss.clone().mul_scalar(weight).backward();
-    let grad = values(logits.grad(&grads).expect("logits are tracked"));
-    (values(loss)[0], grad)
-}
-
 #[test]
 fn cross_entropy_matches_explicit_values_and_gradients() {
+    let _serial = serial();
     // A vocabulary shorter than a cube and one longer (the units stride); ignored rows; label
     // smoothing; an incoming gradient other than 1.
     for (rows, vocab, ignore, smoothing, weight) in [
@@ -227,7 +223,8 @@ fn cross_entropy_matches_explicit_values_and_gradients() {
             || Tensor::<2>::from_data(TensorData::new(data.clone(), [rows, vocab]), &device);
         let what = format!("cross_entropy {rows}x{vocab} ignore={ignore:?} smoothing={smoothing}");
         let ((got, got_grad), launches) = count_launches(|| {
-            let result = loss_and_grad(logits(), &ids, ignore, smoothing, weight, false);
+            let fused = |l, t| cross_entropy(l, t, ignore, smoothing);
+            let result = loss_and_grad(logits(), &ids, weight, fused);
             sync(&device);
             result
         });
@@ -241,7 +238,8 @@ fn cross_entropy_matches_explicit_values_and_gradients() {
             rows_kernel, 1,
             "{what}: the row kernel ran {rows_kernel} times"
         );
-        let (want, want_grad) = loss_and_grad(logits(), &ids, ignore, smoothing, weight, true);
+        let explicit = |l, t| cross_entropy_explicit(l, t, ignore, smoothing);
+        let (want, want_grad) = loss_and_grad(logits(), &ids, weight, explicit);
         assert!(
             (got - want).abs() <= TOL * want.abs().max(1.0),
             "{what}: loss {got} against {want}"
@@ -257,6 +255,7 @@ fn cross_entropy_matches_explicit_values_and_gradients() {
 /// dropout kernel runs.
 #[test]
 fn dropout_under_a_host_seed_stream_launches_only_its_kernel() {
+    let _serial = serial();
     let device = gpu().inner();
     let x = random_tensor(&mut SeededRng::new(4), [8, 64], 1.0, &device);
     sync(&device);
@@ -301,6 +300,7 @@ fn dropout_under_a_host_seed_stream_launches_only_its_kernel() {
 
 #[test]
 fn dropout_matches_flex_mask_for_the_same_seed() {
+    let _serial = serial();
     let run = |device: &Device| {
         let x = random_tensor(&mut SeededRng::new(6), [4, 33, 65], 1.0, device);
         output_and_gradient(x, |x| with_dropout_seeds(77, || dropout(x, 0.3)))
@@ -326,6 +326,7 @@ fn output_and_gradient(x: Tensor<3>, op: impl Fn(Tensor<3>) -> Tensor<3>) -> (Ve
 /// the point of the kernels on a GPU, where each launch costs microseconds.
 #[test]
 fn fused_layer_norm_launches_fewer_kernels_than_explicit() {
+    let _serial = serial();
     let device = gpu();
     let run = |fused: bool| {
         let mut rng = SeededRng::new(2);
@@ -345,9 +346,7 @@ fn fused_layer_norm_launches_fewer_kernels_than_explicit() {
         });
         launches.total()
     };
-    // Warm both paths up first: the first run also launches autotune's candidates.
-    // Autotuning may finish over several calls on a cold cache, so warm up until the counts
-    // repeat.
+    // Warm both paths up first: the first runs also launch autotune's candidates.
     for _ in 0..3 {
         let (_, _) = (run(true), run(false));
     }

@@ -115,6 +115,25 @@ pub fn forward_backward<const D: usize, const N: usize>(
     (values(out), grads)
 }
 
+/// A loss of `logits` against integer `targets` (`ids`, on the logits' device), and the
+/// logits' gradient after `(loss · weight).backward()`: a weight other than 1 checks that a
+/// loss's backward pass scales by its incoming gradient. `logits` must be on an autodiff
+/// device; `loss` returns a `[1]` tensor.
+pub fn loss_and_grad(
+    logits: Tensor<2>,
+    ids: &[i64],
+    weight: f32,
+    loss: impl Fn(Tensor<2>, Tensor<1, Int>) -> Tensor<1>,
+) -> (f32, Vec<f32>) {
+    let device = logits.device();
+    let logits = logits.require_grad();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), &device);
+    let value = loss(logits.clone(), targets);
+    let grads = value.clone().mul_scalar(weight).backward();
+    let grad = values(logits.grad(&grads).expect("logits are tracked"));
+    (values(value)[0], grad)
+}
+
 /// Two paths of one op (a fast one and its oracle) on the same inputs, compared within `tol`:
 /// the values absolutely, each input's gradient within `tol` times that gradient's largest
 /// magnitude (at least 1).

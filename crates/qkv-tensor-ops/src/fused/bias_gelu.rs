@@ -16,6 +16,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::{Shape, TensorData};
+use rayon::prelude::*;
 
 use super::{gelu, gelu_tanh, has_fused_kernels, kernels};
 
@@ -99,9 +100,9 @@ impl FusedBiasGelu for Flex {
         let shape = h.shape();
         let mut out = vec![0.0f32; shape.num_elements()];
         if tanh_approx {
-            kernels::bias_gelu_forward::<true>(elems(&h), elems(&bias), &mut out);
+            forward_kernel::<true>(elems(&h), elems(&bias), &mut out);
         } else {
-            kernels::bias_gelu_forward::<false>(elems(&h), elems(&bias), &mut out);
+            forward_kernel::<false>(elems(&h), elems(&bias), &mut out);
         }
         FlexTensor::from_data(TensorData::new(out, shape))
     }
@@ -119,9 +120,9 @@ impl FusedBiasGeluBackward for Flex {
         let mut dh = vec![0.0f32; shape.num_elements()];
         let (h_, b_, dy_) = (elems(&h), elems(&bias), elems(&dy));
         let dbias = if tanh_approx {
-            kernels::bias_gelu_backward::<true>(h_, b_, dy_, &mut dh)
+            backward_kernel::<true>(h_, b_, dy_, &mut dh)
         } else {
-            kernels::bias_gelu_backward::<false>(h_, b_, dy_, &mut dh)
+            backward_kernel::<false>(h_, b_, dy_, &mut dh)
         };
         let d = dbias.len();
         (
@@ -129,6 +130,63 @@ impl FusedBiasGeluBackward for Flex {
             FlexTensor::from_data(TensorData::new(dbias, Shape::new([d]))),
         )
     }
+}
+
+/// `out = gelu(h + bias)` over rows of `d = bias.len()` (exact GELU, or with `TANH` the tanh
+/// approximation): a linear layer's bias and its activation in one pass.
+fn forward_kernel<const TANH: bool>(h: &[f32], bias: &[f32], out: &mut [f32]) {
+    let d = bias.len();
+    let chunk = kernels::rows_per_task(d) * d;
+    out.par_chunks_mut(chunk)
+        .zip(h.par_chunks(chunk))
+        .for_each(|(out, h)| {
+            kernels::simd(|| {
+                for (out, h) in out.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+                    for j in 0..d {
+                        out[j] = kernels::gelu_at::<TANH>(h[j] + bias[j]);
+                    }
+                }
+            })
+        });
+}
+
+/// Backward of [`forward_kernel`]: writes `dh = dy · gelu'(h + bias)` and returns
+/// `dbias = Σ_rows dh`.
+fn backward_kernel<const TANH: bool>(
+    h: &[f32],
+    bias: &[f32],
+    dy: &[f32],
+    dh: &mut [f32],
+) -> Vec<f32> {
+    let d = bias.len();
+    let chunk = kernels::rows_per_task(d) * d;
+    dh.par_chunks_mut(chunk)
+        .zip(h.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(dh, (h, dy))| {
+            kernels::simd(|| {
+                let mut dbias = vec![0.0f32; d];
+                let rows = dh
+                    .chunks_exact_mut(d)
+                    .zip(h.chunks_exact(d).zip(dy.chunks_exact(d)));
+                for (dh, (h, dy)) in rows {
+                    for j in 0..d {
+                        let g = dy[j] * kernels::gelu_slope::<TANH>(h[j] + bias[j]);
+                        dh[j] = g;
+                        dbias[j] += g;
+                    }
+                }
+                dbias
+            })
+        })
+        .reduce(
+            || vec![0.0f32; d],
+            |mut a, b| {
+                for j in 0..d {
+                    a[j] += b[j];
+                }
+                a
+            },
+        )
 }
 
 /// The op's autodiff node: keeps `h` and `bias` (shared buffers) and which GELU it was.

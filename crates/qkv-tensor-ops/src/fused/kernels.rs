@@ -12,7 +12,7 @@ use rayon::prelude::*;
 const TASK_ELEMS: usize = 16 * 1024;
 
 /// How many rows of `row_len` elements one rayon task takes.
-fn rows_per_task(row_len: usize) -> usize {
+pub(super) fn rows_per_task(row_len: usize) -> usize {
     (TASK_ELEMS / row_len.max(1)).max(1)
 }
 
@@ -220,63 +220,6 @@ pub fn gelu_tanh_forward(x: &[f32], out: &mut [f32]) {
 /// `dx = dy · (½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²))`.
 pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     gelu_elementwise_backward::<true>(x, dy, dx)
-}
-
-/// `out = gelu(h + bias)` over rows of `d = bias.len()` (exact GELU, or with `TANH` the tanh
-/// approximation): a linear layer's bias and its activation in one pass.
-pub fn bias_gelu_forward<const TANH: bool>(h: &[f32], bias: &[f32], out: &mut [f32]) {
-    let d = bias.len();
-    let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk)
-        .zip(h.par_chunks(chunk))
-        .for_each(|(out, h)| {
-            simd(|| {
-                for (out, h) in out.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
-                    for j in 0..d {
-                        out[j] = gelu_at::<TANH>(h[j] + bias[j]);
-                    }
-                }
-            })
-        });
-}
-
-/// Backward of [`bias_gelu_forward`]: writes `dh = dy · gelu'(h + bias)` and returns
-/// `dbias = Σ_rows dh`.
-pub fn bias_gelu_backward<const TANH: bool>(
-    h: &[f32],
-    bias: &[f32],
-    dy: &[f32],
-    dh: &mut [f32],
-) -> Vec<f32> {
-    let d = bias.len();
-    let chunk = rows_per_task(d) * d;
-    dh.par_chunks_mut(chunk)
-        .zip(h.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .map(|(dh, (h, dy))| {
-            simd(|| {
-                let mut dbias = vec![0.0f32; d];
-                let rows = dh
-                    .chunks_exact_mut(d)
-                    .zip(h.chunks_exact(d).zip(dy.chunks_exact(d)));
-                for (dh, (h, dy)) in rows {
-                    for j in 0..d {
-                        let g = dy[j] * gelu_slope::<TANH>(h[j] + bias[j]);
-                        dh[j] = g;
-                        dbias[j] += g;
-                    }
-                }
-                dbias
-            })
-        })
-        .reduce(
-            || vec![0.0f32; d],
-            |mut a, b| {
-                for j in 0..d {
-                    a[j] += b[j];
-                }
-                a
-            },
-        )
 }
 
 /// Chris Wellons' `lowbias32` integer hash: a bijection on `u32` with good avalanche, built

@@ -2,7 +2,9 @@
 //! without autodiff (the kernels) and on NdArray (which takes the explicit path itself).
 
 use super::*;
-use qkv_test_support::{SeededRng, assert_close, check_parity, random_tensor, values};
+use qkv_test_support::{
+    SeededRng, assert_close, check_parity, loss_and_grad, random_tensor, values,
+};
 
 /// Flex with autodiff, the device training runs on.
 fn flex_autodiff() -> Device {
@@ -457,30 +459,6 @@ fn reference_loss(logits: &[f32], ids: &[i64], vocab: usize, ignore: Option<i64>
     }
 }
 
-/// The loss and its logits' gradient after `(loss · weight).backward()`.
-fn loss_and_grad(
-    logits: Tensor<2>,
-    ids: &[i64],
-    ignore: Option<i64>,
-    eps: f64,
-    weight: f32,
-    explicit: bool,
-) -> (f32, Vec<f32>) {
-    let device = logits.device();
-    let logits = logits.require_grad();
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), &device);
-    let loss = if explicit {
-        cross_entropy_explicit(logits.clone(), targets, ignore, eps)
-    } else {
-        cross_entropy(logits.clone(), targets, ignore, eps)
-    };
-    let grads = loss.clone().mul_scalar(weight).backward();
-    (
-        values(loss)[0],
-        values(logits.grad(&grads).expect("logits are tracked")),
-    )
-}
-
 #[test]
 fn cross_entropy_matches_explicit_and_reference_values_and_gradients() {
     // Odd vocabularies exercise the lane remainder; -100 rows are ignored; a weight of 1 takes
@@ -504,18 +482,12 @@ fn cross_entropy_matches_explicit_and_reference_values_and_gradients() {
         let at = |device: &Device| {
             Tensor::<2>::from_data(TensorData::new(data.clone(), [rows, vocab]), device)
         };
-        let (fast, fast_grad) =
-            loss_and_grad(at(&flex_autodiff()), &ids, ignore, eps, weight, false);
-        let (oracle, oracle_grad) =
-            loss_and_grad(at(&flex_autodiff()), &ids, ignore, eps, weight, true);
-        let (nd, nd_grad) = loss_and_grad(
-            at(&qkv_test_support::ndarray().autodiff()),
-            &ids,
-            ignore,
-            eps,
-            weight,
-            false,
-        );
+        let kernel = |l, t| cross_entropy(l, t, ignore, eps);
+        let explicit = |l, t| cross_entropy_explicit(l, t, ignore, eps);
+        let (fast, fast_grad) = loss_and_grad(at(&flex_autodiff()), &ids, weight, kernel);
+        let (oracle, oracle_grad) = loss_and_grad(at(&flex_autodiff()), &ids, weight, explicit);
+        let ndarray = at(&qkv_test_support::ndarray().autodiff());
+        let (nd, nd_grad) = loss_and_grad(ndarray, &ids, weight, kernel);
         for (got, path) in [(fast, "kernel"), (oracle, "explicit"), (nd, "ndarray")] {
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs().max(1.0),
