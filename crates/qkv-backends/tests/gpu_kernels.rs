@@ -199,6 +199,25 @@ fn flash_attention_matches_explicit_values_and_gradients() {
         |[q, k, v]| flash_attention_explicit(heads(q), heads(k), heads(v), None, true, None, 0.0),
         1e-4,
     );
+    // Three layouts at once: a head view, a contiguous tensor, and one whose rows are not
+    // contiguous (the kernels copy only that one).
+    let mixed = |[q, k, v]: [Tensor<4>; 3]| [heads(q), k, v.swap_dims(2, 3)];
+    let x = random_tensor(&mut rng, [2, 10, 3, 8], 1.0, &device);
+    let y = random_tensor(&mut rng, [2, 3, 10, 8], 1.0, &device);
+    let z = random_tensor(&mut rng, [2, 3, 8, 10], 1.0, &device);
+    check_parity(
+        "flash on mixed layouts",
+        [x, y, z],
+        |t| {
+            let [q, k, v] = mixed(t);
+            flash_attention(q, k, v, None, true, None, 0.0)
+        },
+        |t| {
+            let [q, k, v] = mixed(t);
+            flash_attention_explicit(q, k, v, None, true, None, 0.0)
+        },
+        1e-4,
+    );
 }
 
 /// Dropout on the GPU drops exactly the elements Flex drops for the same seed (the same

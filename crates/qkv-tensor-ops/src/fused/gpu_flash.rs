@@ -11,7 +11,9 @@
 //! in the materialised `[batch, n_heads, seq_q, seq_k]` tensor, so the explicit path (softmax,
 //! dropout, product) is an exact oracle, as on Flex. The head dimension is a compile-time
 //! constant of each kernel (one compilation per `d_head`), so a row's accumulators live in
-//! registers. Inputs are read as contiguous `[batch, n_heads, seq, d_head]` tensors.
+//! registers. Inputs are read through their strides, so head views of `[batch, seq, n_heads,
+//! d_head]` projections need no copy; only a row of `d_head` must be contiguous. Outputs are
+//! contiguous `[batch, n_heads, seq, d_head]` tensors.
 //!
 //! The kernels stream keys from global memory one at a time rather than through tiles in
 //! shared memory: written for correctness and few launches (three, against about fifteen on
@@ -32,6 +34,7 @@ use super::gpu_rows::visible_keys;
 #[derive(CubeLaunch, CubeType)]
 struct Problem {
     rows: u32,
+    heads: u32,
     seq_q: u32,
     seq_k: u32,
     scale: f32,
@@ -63,6 +66,15 @@ fn drop_factor<F: Float>(p: &Problem, index: usize) -> F {
         }
     }
     factor
+}
+
+/// Where head `bh` (`batch · n_heads + head`) of a `[batch, n_heads, seq, d_head]` tensor
+/// starts, through the tensor's strides: the kernels read q, k, v, the output and its gradient
+/// in whatever layout they come (a head view of a `[batch, seq, n_heads, d_head]` projection,
+/// say) as long as the last dimension is contiguous.
+#[cube]
+fn head_start<F: Float>(t: &Tensor<F>, bh: usize, heads: usize) -> usize {
+    (bh / heads) * t.stride(0) + (bh % heads) * t.stride(1)
 }
 
 /// `a[a_base..a_base + d] · b[b_base..b_base + d]`.
@@ -98,9 +110,11 @@ fn flash_forward_kernel<F: Float>(
     }
     let seq_q = p.seq_q as usize;
     let seq_k = p.seq_k as usize;
+    let heads = p.heads as usize;
     let bh = row / seq_q;
-    let q_base = row * d_head;
-    let kv_base = bh * seq_k * d_head;
+    let q_base = head_start::<F>(q, bh, heads) + (row % seq_q) * q.stride(2);
+    let k_base = head_start::<F>(k, bh, heads);
+    let v_base = head_start::<F>(v, bh, heads);
     let n = visible_keys(row % seq_q, seq_q, seq_k, p.causal == 1);
     let scale = F::cast_from(p.scale);
 
@@ -111,20 +125,21 @@ fn flash_forward_kernel<F: Float>(
     let mut m = F::new(-3.0e38);
     let mut l = F::new(0.0);
     for j in 0..n {
-        let kv = kv_base + j * d_head;
-        let s = dot::<F>(q, q_base, k, kv, d_head) * scale;
+        let kr = k_base + j * k.stride(2);
+        let vr = v_base + j * v.stride(2);
+        let s = dot::<F>(q, q_base, k, kr, d_head) * scale;
         let m_new = max(m, s);
         let correction = (m - m_new).exp();
         let e = (s - m_new).exp();
         l = l * correction + e;
         let w = e * drop_factor::<F>(p, row * seq_k + j);
         for dd in 0..d_head {
-            acc[dd] = acc[dd] * correction + w * v[kv + dd];
+            acc[dd] = acc[dd] * correction + w * v[vr + dd];
         }
         m = m_new;
     }
     for dd in 0..d_head {
-        out[q_base + dd] = acc[dd] / l;
+        out[row * d_head + dd] = acc[dd] / l;
     }
     lse[row] = m + l.ln();
 }
@@ -151,13 +166,18 @@ fn flash_backward_dq_kernel<F: Float>(
     }
     let seq_q = p.seq_q as usize;
     let seq_k = p.seq_k as usize;
+    let heads = p.heads as usize;
     let bh = row / seq_q;
-    let q_base = row * d_head;
-    let kv_base = bh * seq_k * d_head;
-    let n = visible_keys(row % seq_q, seq_q, seq_k, p.causal == 1);
+    let i = row % seq_q;
+    let q_base = head_start::<F>(q, bh, heads) + i * q.stride(2);
+    let o_base = head_start::<F>(out, bh, heads) + i * out.stride(2);
+    let do_base = head_start::<F>(dout, bh, heads) + i * dout.stride(2);
+    let k_base = head_start::<F>(k, bh, heads);
+    let v_base = head_start::<F>(v, bh, heads);
+    let n = visible_keys(i, seq_q, seq_k, p.causal == 1);
     let scale = F::cast_from(p.scale);
     let lse_i = lse[row];
-    let delta_i = dot::<F>(dout, q_base, out, q_base, d_head);
+    let delta_i = dot::<F>(dout, do_base, out, o_base, d_head);
     delta[row] = delta_i;
 
     let mut acc = Array::<F>::new(d_head);
@@ -165,16 +185,17 @@ fn flash_backward_dq_kernel<F: Float>(
         acc[dd] = F::new(0.0);
     }
     for j in 0..n {
-        let kv = kv_base + j * d_head;
-        let prob = (dot::<F>(q, q_base, k, kv, d_head) * scale - lse_i).exp();
-        let dprob = dot::<F>(dout, q_base, v, kv, d_head) * drop_factor::<F>(p, row * seq_k + j);
+        let kr = k_base + j * k.stride(2);
+        let vr = v_base + j * v.stride(2);
+        let prob = (dot::<F>(q, q_base, k, kr, d_head) * scale - lse_i).exp();
+        let dprob = dot::<F>(dout, do_base, v, vr, d_head) * drop_factor::<F>(p, row * seq_k + j);
         let ds = prob * (dprob - delta_i) * scale;
         for dd in 0..d_head {
-            acc[dd] += ds * k[kv + dd];
+            acc[dd] += ds * k[kr + dd];
         }
     }
     for dd in 0..d_head {
-        dq[q_base + dd] = acc[dd];
+        dq[row * d_head + dd] = acc[dd];
     }
 }
 
@@ -200,9 +221,13 @@ fn flash_backward_dkdv_kernel<F: Float>(
     if key_row >= key_rows {
         terminate!();
     }
+    let heads = p.heads as usize;
     let bh = key_row / seq_k;
     let j = key_row % seq_k;
-    let kv = key_row * d_head;
+    let kr = head_start::<F>(k, bh, heads) + j * k.stride(2);
+    let vr = head_start::<F>(v, bh, heads) + j * v.stride(2);
+    let q_head = head_start::<F>(q, bh, heads);
+    let do_head = head_start::<F>(dout, bh, heads);
     let scale = F::cast_from(p.scale);
     // Query i sees key j when j <= i + seq_k - seq_q.
     let mut first = 0;
@@ -218,21 +243,30 @@ fn flash_backward_dkdv_kernel<F: Float>(
     }
     for i in first..seq_q {
         let row = bh * seq_q + i;
-        let q_base = row * d_head;
-        let prob = (dot::<F>(q, q_base, k, kv, d_head) * scale - lse[row]).exp();
+        let q_base = q_head + i * q.stride(2);
+        let do_base = do_head + i * dout.stride(2);
+        let prob = (dot::<F>(q, q_base, k, kr, d_head) * scale - lse[row]).exp();
         let factor = drop_factor::<F>(p, row * seq_k + j);
-        let dprob = dot::<F>(dout, q_base, v, kv, d_head) * factor;
+        let dprob = dot::<F>(dout, do_base, v, vr, d_head) * factor;
         let ds = prob * (dprob - delta[row]) * scale;
         let kept = prob * factor;
         for dd in 0..d_head {
             dk_acc[dd] += ds * q[q_base + dd];
-            dv_acc[dd] += kept * dout[q_base + dd];
+            dv_acc[dd] += kept * dout[do_base + dd];
         }
     }
+    let kv = key_row * d_head;
     for dd in 0..d_head {
         dk[kv + dd] = dk_acc[dd];
         dv[kv + dd] = dv_acc[dd];
     }
+}
+
+/// `t` (`[batch, n_heads, seq, d_head]`) itself when each row of `d_head` is contiguous (the
+/// kernels read the other dimensions through their strides), else a contiguous copy.
+fn rows_contiguous(t: CubeTensor) -> CubeTensor {
+    let rows_packed = t.meta.strides()[3] == 1 || t.meta.shape()[3] == 1;
+    if rows_packed { t } else { into_contiguous(t) }
 }
 
 /// The problem's sizes and options as the kernels read them.
@@ -249,6 +283,7 @@ fn problem(
     let (prob, seed) = dropout.unwrap_or((0.0, 0));
     let launch = ProblemLaunch::new(
         size_u32(rows, "rows"),
+        size_u32(n_heads, "heads"),
         size_u32(seq_q, "seq_q"),
         size_u32(seq_k, "seq_k"),
         scale as f32,
@@ -273,7 +308,7 @@ pub fn flash_attention(
     scale: f64,
     dropout: Option<(f64, u64)>,
 ) -> (CubeTensor, CubeTensor) {
-    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
     let (problem, rows, d_head) = problem(&q, &k, causal, scale, dropout);
     let shape = q.shape();
     let out = empty_like(&q, shape.clone());
@@ -310,11 +345,11 @@ pub fn flash_attention_backward(
     scale: f64,
     dropout: Option<(f64, u64)>,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
     let (out, lse, dout) = (
-        into_contiguous(out),
+        rows_contiguous(out),
         into_contiguous(lse),
-        into_contiguous(dout),
+        rows_contiguous(dout),
     );
     let (problem_dq, rows, d_head) = problem(&q, &k, causal, scale, dropout);
     let (problem_dkdv, _, _) = problem(&q, &k, causal, scale, dropout);
