@@ -1,6 +1,6 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
 //! of attention, exact GELU, dropout, whole attention without materialised probabilities
-//! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu`]), and the
+//! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu()`]), and the
 //! softmax cross-entropy of the LM head ([`cross_entropy`]).
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
@@ -16,11 +16,13 @@
 //! callers never need to know. The explicit path is also the oracle: the tests check values
 //! and gradients of every fused op against it.
 //!
-//! The CPU kernels are plain Rust over contiguous `f32` slices ([`kernels`]), parallel over
-//! rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
+//! The CPU kernels are plain Rust over contiguous `f32` slices ([`kernels`]; AdamW's in
+//! [`adamw_kernel`], and bias + GELU and the cross-entropy beside their glue in [`mod@bias_gelu`]
+//! and [`loss`]), parallel over rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
 //! GPU kernels are CubeCL kernels (`gpu_kernels`, `gpu_rows`, `gpu_flash`), with their glue
 //! in `gpu`.
 
+pub mod adamw_kernel;
 pub mod backend;
 pub mod bias_gelu;
 pub mod flash;

@@ -10,7 +10,7 @@ use pulp::Simd;
 const MR: usize = 4;
 
 /// `C += A·B` for row-major `A` (`[m, k]`, row stride `lda`), `B` (`[k, n]`, row stride `ldb`)
-/// and `C` (`[m, n]`, row stride `ldc`): blocks of [`MR`] rows of C by several SIMD vectors of
+/// and `C` (`[m, n]`, row stride `ldc`): blocks of `MR` rows of C by several SIMD vectors of
 /// columns (four with 16-lane vectors, which have 32 registers; two otherwise) held in
 /// registers across the whole `k` loop, then narrower and scalar edges.
 #[allow(clippy::too_many_arguments)]
