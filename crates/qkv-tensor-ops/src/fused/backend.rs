@@ -162,7 +162,7 @@ pub trait FusedBackward: Backend {
 }
 
 /// A contiguous copy of `t` unless it is contiguous already (then `t` itself, no copy).
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "fused kernels take f32 tensors");
     if t.is_contiguous() {
         t
@@ -172,13 +172,13 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
 }
 
 /// The elements of a tensor made by [`contiguous`].
-fn elems(t: &FlexTensor) -> &[f32] {
+pub(super) fn elems(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("a contiguous f32 tensor has a slice view")
 }
 
 /// A new Flex tensor owning `data`, shaped `shape`.
-fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(super) fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 

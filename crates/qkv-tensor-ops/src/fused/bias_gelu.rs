@@ -15,9 +15,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::{Shape, TensorData};
+use burn::tensor::Shape;
 use rayon::prelude::*;
 
+use super::backend::{contiguous, elems, tensor};
 use super::{gelu, gelu_tanh, has_fused_kernels, kernels};
 
 /// `gelu(h + bias)`, the bias broadcast over the rows: exact GELU, or with `tanh_approx` its
@@ -79,21 +80,6 @@ pub trait FusedBiasGeluBackward: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// The contiguous `f32` elements of a Flex tensor made contiguous by the caller.
-fn elems(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .expect("a contiguous f32 tensor has a slice view")
-}
-
-/// `t`, contiguous.
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 impl FusedBiasGelu for Flex {
     fn qkv_bias_gelu(h: FlexTensor, bias: FlexTensor, tanh_approx: bool) -> FlexTensor {
         let (h, bias) = (contiguous(h), contiguous(bias));
@@ -104,7 +90,7 @@ impl FusedBiasGelu for Flex {
         } else {
             forward_kernel::<false>(elems(&h), elems(&bias), &mut out);
         }
-        FlexTensor::from_data(TensorData::new(out, shape))
+        tensor(out, shape)
     }
 }
 
@@ -125,10 +111,7 @@ impl FusedBiasGeluBackward for Flex {
             backward_kernel::<false>(h_, b_, dy_, &mut dh)
         };
         let d = dbias.len();
-        (
-            FlexTensor::from_data(TensorData::new(dh, shape)),
-            FlexTensor::from_data(TensorData::new(dbias, Shape::new([d]))),
-        )
+        (tensor(dh, shape), tensor(dbias, Shape::new([d])))
     }
 }
 

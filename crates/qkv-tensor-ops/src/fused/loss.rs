@@ -24,10 +24,11 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
+use burn::tensor::Shape;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Shape, TensorData};
 use rayon::prelude::*;
 
+use super::backend::{contiguous, tensor};
 use super::has_fused_kernels;
 use super::kernels::{LANES, exp, max, simd, sum};
 
@@ -231,18 +232,9 @@ fn rows_of(logits: &FlexTensor) -> (&[f32], usize, usize) {
     (data, shape[0], shape[1])
 }
 
-/// `logits` as a contiguous `f32` Flex tensor.
-fn contiguous(logits: FlexTensor) -> FlexTensor {
-    if logits.is_contiguous() {
-        logits
-    } else {
-        logits.to_contiguous()
-    }
-}
-
 /// A `[1]` tensor holding `loss`.
 fn scalar(loss: f32) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(vec![loss], Shape::new([1])))
+    tensor(vec![loss], Shape::new([1]))
 }
 
 impl FusedLoss for Flex {
@@ -263,7 +255,7 @@ impl FusedLossBackward for Flex {
         let (data, rows, vocab) = rows_of(&logits);
         let mut grad = vec![0.0f32; data.len()];
         let loss = forward(data, vocab, &targets, smoothing as f32, Some(&mut grad));
-        let grad = FlexTensor::from_data(TensorData::new(grad, Shape::new([rows, vocab])));
+        let grad = tensor(grad, Shape::new([rows, vocab]));
         (scalar(loss), grad)
     }
 
@@ -281,7 +273,7 @@ impl FusedLossBackward for Flex {
             .par_iter()
             .map(|d| d * g)
             .collect();
-        FlexTensor::from_data(TensorData::new(scaled, shape))
+        tensor(scaled, shape)
     }
 }
 
