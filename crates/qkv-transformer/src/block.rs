@@ -36,6 +36,25 @@ impl Block {
         x.clone() + self.feed_forward(self.ln_2.forward(x))
     }
 
+    /// [`forward`](Self::forward) as a step of a stack: takes the stream `x` with its
+    /// LayerNorm `normed = ln_1(x)` (computed by the step before), and returns the new stream
+    /// with its LayerNorm by `next` (the next block's `ln_1`, or the model's final LayerNorm).
+    /// Each residual add is one op with the LayerNorm that reads it
+    /// ([`LayerNorm::forward_residual`]); the values are [`forward`](Self::forward)'s.
+    ///
+    /// # Shapes
+    /// - `x`, `normed`: `[batch, seq, d_model]`
+    /// - returns `([batch, seq, d_model], [batch, seq, d_model])`
+    pub(crate) fn forward_normed(
+        &self,
+        x: Tensor<3>,
+        normed: Tensor<3>,
+        next: &LayerNorm,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let (x, h) = self.ln_2.forward_residual(x, self.attention(normed));
+        next.forward_residual(x, self.feed_forward(h))
+    }
+
     /// [`forward`](Self::forward), continuing from a KV cache and returning the attention
     /// probabilities when asked: the same two residual steps, with the attention step
     /// taking the cache and the recording.

@@ -154,10 +154,17 @@ impl Gpt {
             panic!("{error}");
         }
         let mut x = self.embed(tokens, 0);
-        for block in &self.blocks {
-            x = block.forward(x);
+        let Some(first) = self.blocks.first() else {
+            return self.unembed(x);
+        };
+        // Each block's forward, with every residual add done in one op with the LayerNorm
+        // that reads it: the next block's `ln_1`, or `ln_f` after the last block.
+        let mut normed = first.ln_1.forward(x.clone());
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let next = self.blocks.get(layer + 1).map_or(&self.ln_f, |b| &b.ln_1);
+            (x, normed) = block.forward_normed(x, normed, next);
         }
-        self.unembed(x)
+        self.logits(normed)
     }
 
     /// Errors unless `tokens` is a non-empty batch that fits in the block after `start`

@@ -37,4 +37,25 @@ impl LayerNorm {
             self.epsilon,
         )
     }
+
+    /// The residual add that feeds this LayerNorm, and the LayerNorm, as one op
+    /// (`qkv_tensor_ops::fused::add_layer_norm`): returns `(x + branch, self(x + branch))`, the
+    /// new residual stream and what the next sub-layer reads.
+    ///
+    /// # Shapes
+    /// - `x`, `branch`: `[..., d_model]`
+    /// - returns `([..., d_model], [..., d_model])`
+    pub fn forward_residual<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        branch: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        qkv_tensor_ops::fused::add_layer_norm(
+            x,
+            branch,
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+            self.epsilon,
+        )
+    }
 }

@@ -402,7 +402,7 @@ impl FusedBackward for Flex {
 
 /// LayerNorm's autodiff node: keeps `x` and `gamma` (shared buffers, not copies) and `eps`.
 #[derive(Debug)]
-struct LayerNormNode;
+pub(super) struct LayerNormNode;
 
 impl<B: FusedBackward> Backward<B, 3> for LayerNormNode {
     type State = (FloatTensor<B>, FloatTensor<B>, f64);

@@ -301,6 +301,32 @@ fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [
     }
 }
 
+/// The residual add and the LayerNorm that reads it, in one pass over rows of
+/// `d = gamma.len()`: `sum = x + branch`, `out = LayerNorm(sum)`. Writes both.
+pub fn add_layer_norm_forward(
+    x: &[f32],
+    branch: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = gamma.len();
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk)
+        .zip(sum.par_chunks_mut(chunk))
+        .zip(x.par_chunks(chunk).zip(branch.par_chunks(chunk)))
+        .for_each(|((out, sum), (x, branch))| {
+            simd(|| {
+                for (s, (x, b)) in sum.iter_mut().zip(x.iter().zip(branch)) {
+                    *s = x + b;
+                }
+                layer_norm_rows(sum, gamma, beta, eps, out)
+            })
+        });
+}
+
 /// LayerNorm backward over rows of `d = gamma.len()`. With `x̂ = (x - mean)·rstd` and
 /// `g = dy·gamma`: `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`, `dgamma = Σ_rows dy·x̂`,
 /// `dbeta = Σ_rows dy`. Writes `dx`; returns `(dgamma, dbeta)`.

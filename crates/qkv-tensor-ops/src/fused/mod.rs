@@ -1,7 +1,8 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
 //! of attention, exact GELU, dropout, whole attention without materialised probabilities
-//! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu()`]), and the
-//! softmax cross-entropy of the LM head ([`cross_entropy`]).
+//! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu()`]), the
+//! residual add with the LayerNorm that reads it ([`add_layer_norm`]), and the softmax
+//! cross-entropy of the LM head ([`cross_entropy`]).
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -18,7 +19,7 @@
 //!
 //! The CPU kernels are plain Rust over contiguous `f32` slices ([`kernels`]; AdamW's in
 //! [`adamw_kernel`], and bias + GELU and the cross-entropy beside their glue in [`mod@bias_gelu`]
-//! and [`loss`]), parallel over rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
+//! and [`loss`]; the glue of add + LayerNorm in [`residual`]), parallel over rows with rayon; the Burn glue (backend extension, autodiff nodes) is in [`backend`]. The
 //! GPU kernels are CubeCL kernels (`gpu_kernels`, `gpu_rows`, `gpu_flash`), with their glue
 //! in `gpu`.
 
@@ -36,6 +37,7 @@ pub mod gpu_kernels;
 pub mod gpu_rows;
 pub mod kernels;
 pub mod loss;
+pub mod residual;
 pub mod tile_matmul;
 
 use burn::backend::DispatchDevice;
@@ -49,6 +51,7 @@ pub use bias_gelu::{bias_gelu, bias_gelu_explicit};
 use burn::backend::Dispatch;
 pub use kernels::AdamWStep;
 pub use loss::{cross_entropy, cross_entropy_explicit};
+pub use residual::{add_layer_norm, add_layer_norm_explicit};
 
 /// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or
 /// without autodiff) and `f32`.
