@@ -168,3 +168,96 @@ impl<B: FusedAddLayerNorm + FusedBackward, C: CheckpointStrategy> FusedAddLayerN
         (sum, normed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Parity of [`add_layer_norm`] with its explicit path, on Flex (the kernel, with and
+    //! without autodiff) and against NdArray.
+
+    use super::*;
+    use qkv_test_support::{SeededRng, assert_close, check_parity, random_tensor, values};
+
+    /// Flex with autodiff, the device training runs on.
+    fn flex_autodiff() -> Device {
+        qkv_test_support::flex().autodiff()
+    }
+    /// Both outputs of the residual add + LayerNorm side by side in the last dimension, so that
+    /// one parity check covers the values and the gradients that flow through each.
+    fn sum_and_normed((sum, normed): (Tensor<3>, Tensor<3>)) -> Tensor<3> {
+        Tensor::cat(vec![sum, normed], 2)
+    }
+
+    #[test]
+    fn add_layer_norm_matches_an_add_and_an_explicit_layer_norm_values_and_gradients() {
+        // d = 37 leaves a lane remainder; the offset stream tests the two-pass variance.
+        for (rows, d) in [(6, 37), (50, 128), (3, 8)] {
+            let device = flex_autodiff();
+            let mut rng = SeededRng::new(40 + d as u64);
+            let x = random_tensor(&mut rng, [2, rows, d], 3.0, &device).add_scalar(5.0);
+            let branch = random_tensor(&mut rng, [2, rows, d], 1.0, &device);
+            let gamma = random_tensor(&mut rng, [1, 1, d], 1.0, &device).add_scalar(1.0);
+            let beta = random_tensor(&mut rng, [1, 1, d], 1.0, &device);
+            let flat = |t: Tensor<3>| t.reshape([d]);
+            let eps = 1e-5;
+            check_parity(
+                &format!("add_layer_norm {rows}x{d}"),
+                [x, branch, gamma, beta],
+                |[x, r, g, b]| sum_and_normed(add_layer_norm(x, r, flat(g), Some(flat(b)), eps)),
+                |[x, r, g, b]| {
+                    sum_and_normed(add_layer_norm_explicit(x, r, flat(g), Some(flat(b)), eps))
+                },
+                2e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn add_layer_norm_with_an_untracked_branch_and_no_beta() {
+        // The residual node with one tracked parent, and the LayerNorm without a shift.
+        let device = flex_autodiff();
+        let mut rng = SeededRng::new(77);
+        let d = 24;
+        let x = random_tensor(&mut rng, [3, 5, d], 2.0, &device);
+        let gamma = random_tensor(&mut rng, [1, 1, d], 1.0, &device).add_scalar(1.0);
+        let branch = random_tensor(&mut rng, [3, 5, d], 2.0, &device);
+        let flat = |t: Tensor<3>| t.reshape([d]);
+        check_parity(
+            "add_layer_norm, constant branch",
+            [x, gamma],
+            |[x, g]| sum_and_normed(add_layer_norm(x, branch.clone(), flat(g), None, 1e-5)),
+            |[x, g]| {
+                sum_and_normed(add_layer_norm_explicit(
+                    x,
+                    branch.clone(),
+                    flat(g),
+                    None,
+                    1e-5,
+                ))
+            },
+            2e-5,
+        );
+    }
+
+    #[test]
+    fn add_layer_norm_on_flex_matches_ndarray() {
+        // NdArray takes the explicit path; the same inputs through Flex's kernel must agree.
+        let run = |device: Device| {
+            let mut rng = SeededRng::new(13);
+            let x = random_tensor(&mut rng, [2, 4, 10], 3.0, &device);
+            let branch = random_tensor(&mut rng, [2, 4, 10], 3.0, &device);
+            let gamma = random_tensor(&mut rng, [10], 1.0, &device);
+            let beta = random_tensor(&mut rng, [10], 1.0, &device);
+            let (sum, normed) = add_layer_norm(x, branch, gamma, Some(beta), 1e-5);
+            (values(sum), values(normed))
+        };
+        let (flex_sum, flex_normed) = run(qkv_test_support::flex());
+        let (nd_sum, nd_normed) = run(qkv_test_support::ndarray());
+        assert_eq!(flex_sum, nd_sum);
+        assert_close(
+            &flex_normed,
+            &nd_normed,
+            2e-5,
+            "add_layer_norm, Flex vs NdArray",
+        );
+    }
+}
