@@ -14,8 +14,8 @@ use qkv_backends::{Backend, DeviceSpec};
 use qkv_data::TranslationTask;
 use qkv_trainer::translate::{TranslateConfig, TranslationRun, load_translator};
 use qkv_trainer::{
-    DataConfig, Event, LanguageModel, RunSummary, Start, StopReason, Task, TokenizerChoice,
-    TrainConfig, Trainer,
+    DataConfig, Event, LanguageModel, Precision, RunSummary, Start, StopReason, Task,
+    TokenizerChoice, TrainConfig, Trainer,
 };
 use qkv_transformer::{GenerationConfig, Sampling};
 
@@ -149,10 +149,15 @@ pub struct TrainArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// The float type of the forward and backward passes: `f32` (default), `f16` (with a
+    /// dynamic loss scale) or `bf16`. Weights, gradients and AdamW stay f32; LayerNorm, the
+    /// attention softmax and the loss compute in f32. Meant for GPUs; one device only.
+    #[arg(long)]
+    dtype: Option<Precision>,
 }
 
 /// Flags that only one task takes, and why the other rejects them.
-pub const TASK_ONLY: [(&str, TaskFlag); 12] = [
+pub const TASK_ONLY: [(&str, TaskFlag); 13] = [
     ("--translation", TaskFlag::Translate),
     ("--label-smoothing", TaskFlag::Translate),
     ("--eval-sentences", TaskFlag::Translate),
@@ -165,6 +170,7 @@ pub const TASK_ONLY: [(&str, TaskFlag); 12] = [
     ("--lr-decay-iters", TaskFlag::Lm),
     ("--eval-iters", TaskFlag::Lm),
     ("--block-size", TaskFlag::Lm),
+    ("--dtype", TaskFlag::Lm),
 ];
 
 impl TrainArgs {
@@ -183,6 +189,7 @@ impl TrainArgs {
             "--lr-decay-iters" => self.lr_decay_iters.is_some(),
             "--eval-iters" => self.eval_iters.is_some(),
             "--block-size" => self.block_size.is_some(),
+            "--dtype" => self.dtype.is_some(),
             other => unreachable!("{other} is not in TASK_ONLY"),
         }
     }
@@ -284,6 +291,9 @@ impl TrainArgs {
              seed => seed);
         if self.time_limit.is_some() {
             c.time_limit_s = self.time_limit;
+        }
+        if let Some(precision) = self.dtype {
+            c.precision = precision;
         }
         if self.max_iters.is_some() && self.lr_decay_iters.is_none() {
             c.lr_decay_iters = c.max_iters;
@@ -495,6 +505,15 @@ fn train<T: Task>(
             );
         }
         Event::Step(_) | Event::Checkpoint { .. } => {}
+        Event::LossScaleCut { step, scale } => {
+            if tty {
+                eprintln!();
+            }
+            println!(
+                "step {step:>5}: f16 gradients overflowed; update skipped, loss scale now {scale}, \
+                 step taken again"
+            );
+        }
         Event::Eval { step, evaluation } => {
             if tty {
                 eprintln!();

@@ -44,11 +44,16 @@ impl AttentionPath {
     pub fn choose(q: &Tensor<4>, return_probs: bool) -> Self {
         let device = q.device();
         let seq_q = q.dims()[2];
-        let flex = crate::fused::has_fused_kernels(&device, q.dtype());
+        // Half-precision attention computes in f32 on the f32 kernels (see
+        // `fused::half_dtype`), so it takes the path f32 would.
+        let dtype = crate::fused::compute_dtype(q.dtype());
+        let flex = crate::fused::has_fused_kernels(&device, dtype);
+        let gpu = dtype == burn::tensor::DType::F32
+            && q.shape().num_elements() < u32::MAX as usize
+            && crate::fused::gpu_kernels_serve(&device);
         if return_probs {
             AttentionPath::Explicit
-        } else if (flex && seq_q > 1) || (device.is_autodiff() && crate::fused::has_gpu_kernels(q))
-        {
+        } else if (flex && seq_q > 1) || (device.is_autodiff() && gpu) {
             AttentionPath::Flash
         } else if device.is_autodiff() {
             AttentionPath::Explicit

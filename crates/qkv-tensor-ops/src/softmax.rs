@@ -22,6 +22,9 @@ pub fn masked_softmax<const D: usize>(
     scores: Tensor<D>,
     mask: Option<Tensor<D, Bool>>,
 ) -> Tensor<D> {
+    if let Some(half) = crate::fused::half_dtype(scores.dtype()) {
+        return masked_softmax(crate::fused::to_f32(scores), mask).cast(half);
+    }
     let last = D - 1;
     let Some(mask) = mask else {
         return softmax(scores, last);

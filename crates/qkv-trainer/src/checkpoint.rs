@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::optim::{AdamW, AdamWSettings, Moments};
+use crate::precision::LossScaler;
 
 /// Where a run stands, saved beside the weights as `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,9 @@ pub struct RunState {
     /// The vocabulary size the model was built with (language models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
+    /// The f16 loss scaler, so a resumed run goes on with the same scale (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 fn lm() -> String {

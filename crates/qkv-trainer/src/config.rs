@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::optim::AdamWSettings;
+use crate::precision::Precision;
 use crate::schedule::WarmupCosine;
 use crate::task::Recipe;
 
@@ -123,6 +124,14 @@ pub struct TrainConfig {
     /// Stop (after evaluating and saving) once this many seconds have passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit_s: Option<f64>,
+    /// The float type the forward and backward passes compute in (`--dtype`); the weights
+    /// and AdamW stay f32. Absent from `config.json` when f32.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 /// The model half of a [`TrainConfig`]: a [`GptConfig`] without the vocabulary, which comes
@@ -207,6 +216,7 @@ impl TrainConfig {
             eval_iters: 16,
             seed: 1337,
             time_limit_s: None,
+            precision: Precision::F32,
         }
     }
 
@@ -243,6 +253,7 @@ impl TrainConfig {
             eval_iters: 20,
             seed: 1337,
             time_limit_s: None,
+            precision: Precision::F32,
         }
     }
 
@@ -285,6 +296,7 @@ impl TrainConfig {
             eval_interval: c.eval_interval,
             seed: c.seed,
             time_limit_s: c.time_limit_s,
+            precision: c.precision,
         }
     }
 

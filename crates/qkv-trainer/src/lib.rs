@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod precision;
 mod recurrent;
 mod schedule;
 mod source;
@@ -28,10 +29,11 @@ pub use config::{DataConfig, ModelSettings, PRESETS, TokenizerChoice, TrainConfi
 pub use error::TrainError;
 pub use lm::{LanguageModel, full_split_loss, tensors};
 pub use parallel::{Shard, Worker, train_step_parallel};
+pub use precision::{LossScaler, MixedPrecision, Precision};
 pub use recurrent::{RecurrentLanguageModel, RecurrentRunConfig};
 pub use schedule::WarmupCosine;
 pub use source::BatchSource;
-pub use step::{StepReport, train_step};
+pub use step::{StepReport, train_step, train_step_mixed};
 pub use task::{Evaluation, Recipe, Task};
 pub use trainer::{Event, RunSummary, Start, StopReason, Trainer};
 

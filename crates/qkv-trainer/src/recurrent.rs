@@ -16,6 +16,7 @@ use crate::checkpoint::RunState;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::lm::{LanguageModel, pretty, tensors};
+use crate::precision::Precision;
 use crate::task::{Evaluation, Recipe, Task};
 
 /// What a recurrent run's `state.json` records: the language-model config and the cell.
@@ -45,6 +46,12 @@ impl RecurrentLanguageModel {
         cell: RecurrentCell,
         cache_dir: &Path,
     ) -> Result<Self, TrainError> {
+        if config.precision != Precision::F32 {
+            return Err(TrainError::Config(format!(
+                "the recurrent baseline trains in f32 only, not {}: drop --dtype",
+                config.precision
+            )));
+        }
         let task = Self {
             lm: LanguageModel::open(config, cache_dir)?,
             cell,

@@ -19,6 +19,7 @@ use crate::error::TrainError;
 use crate::metrics::HeadRecord;
 use crate::optim::AdamWSettings;
 use crate::parallel::Shard;
+use crate::precision::Precision;
 use crate::schedule::WarmupCosine;
 
 /// The optimisation settings every task has: how long, how fast, how often to evaluate.
@@ -40,6 +41,9 @@ pub struct Recipe {
     pub seed: u64,
     /// Stop, after evaluating and saving, once this many seconds have passed.
     pub time_limit_s: Option<f64>,
+    /// The float type the forward and backward passes compute in (f32 master weights
+    /// whatever it is; see [`crate::precision`]).
+    pub precision: Precision,
 }
 
 impl Recipe {

@@ -13,7 +13,8 @@ use crate::error::TrainError;
 use crate::metrics::{MetricsLog, MetricsRecord};
 use crate::optim::AdamW;
 use crate::parallel::{Worker, train_step_parallel};
-use crate::step::train_step;
+use crate::precision::{MixedPrecision, Precision};
+use crate::step::train_step_mixed;
 use crate::task::{Evaluation, Task};
 
 /// How [`Trainer::new`] treats the run directory.
@@ -38,6 +39,14 @@ pub enum Event {
         step: usize,
         /// What it measured.
         evaluation: Evaluation,
+    },
+    /// f16 only: the scaled gradients overflowed, so the update was skipped, the loss scale
+    /// halved, and the step is taken again with a fresh batch.
+    LossScaleCut {
+        /// The step that is taken again (1-based, as in the metrics).
+        step: usize,
+        /// The loss scale from now on.
+        scale: f64,
     },
     /// A checkpoint was written.
     Checkpoint {
@@ -93,6 +102,8 @@ pub struct Trainer<T: Task> {
     pub step: usize,
     /// Batching generator.
     pub rng: SplitMix64,
+    /// The precision steps compute in, and the f16 loss scale.
+    pub mixed: MixedPrecision,
     device: Device,
     /// Data-parallel workers; empty for a one-device run.
     workers: Vec<Worker>,
@@ -108,6 +119,7 @@ impl<T: Task> Trainer<T> {
     /// already in the directory.
     pub fn new(task: T, run_dir: &Path, device: &Device, start: Start) -> Result<Self, TrainError> {
         let recipe = task.recipe();
+        MixedPrecision::new(recipe.precision).check(device)?;
         if start == Start::Fresh && checkpoint::holds_a_run(run_dir) {
             return Err(TrainError::RunExists {
                 path: run_dir.to_path_buf(),
@@ -135,7 +147,7 @@ impl<T: Task> Trainer<T> {
         // function of the seed alone, whatever touches them first (a forward pass, the copy
         // a data-parallel worker takes, a parameter count).
         checkpoint::optimizer_names(&fresh);
-        let (model, optimizer, step, rng) = if start == Start::Resume {
+        let (model, optimizer, step, rng, scaler) = if start == Start::Resume {
             let checkpoint = Checkpoint::load(run_dir)?;
             if checkpoint.state.task != T::KIND {
                 return Err(TrainError::Checkpoint {
@@ -155,15 +167,18 @@ impl<T: Task> Trainer<T> {
             let rng = SplitMix64 {
                 state: checkpoint.state.rng_state,
             };
-            (model, optimizer, checkpoint.state.step, rng)
+            let scaler = checkpoint.state.loss_scaler.clone();
+            (model, optimizer, checkpoint.state.step, rng, scaler)
         } else {
             (
                 fresh,
                 AdamW::new(recipe.adamw),
                 0,
                 SplitMix64::new(recipe.seed),
+                None,
             )
         };
+        let mixed = MixedPrecision::resume(recipe.precision, scaler);
         for (name, bytes) in task.side_files()? {
             write_atomically(&run_dir.join(name), &bytes)?;
         }
@@ -174,6 +189,7 @@ impl<T: Task> Trainer<T> {
             optimizer,
             step,
             rng,
+            mixed,
             device: device.clone(),
             workers: Vec::new(),
             save_hook: None,
@@ -188,6 +204,13 @@ impl<T: Task> Trainer<T> {
     /// own device.
     pub fn with_devices(mut self, devices: Vec<(String, Device)>) -> Result<Self, TrainError> {
         let workers = Worker::list(devices)?;
+        if workers.len() > 1 && self.mixed.precision() != Precision::F32 {
+            return Err(TrainError::Config(format!(
+                "mixed precision ({}) trains on one device for now: drop --devices, or train \
+                 in f32 (--dtype f32)",
+                self.mixed.precision()
+            )));
+        }
         if let Some(bad) = workers.iter().find(|w| !w.device.is_autodiff()) {
             return Err(TrainError::Config(format!(
                 "device {} has no autodiff: give the trainer autodiff devices",
@@ -263,10 +286,12 @@ impl<T: Task> Trainer<T> {
                 let mut tokens = 0;
                 let (task, rng, device) = (&self.task, &mut self.rng, &self.device);
                 let (model, optimizer) = (self.model.clone(), &mut self.optimizer);
+                let mixed = &mut self.mixed;
                 let step = || {
-                    train_step(
+                    train_step_mixed(
                         model,
                         optimizer,
+                        mixed,
                         recipe.grad_accum,
                         lr,
                         recipe.grad_clip,
@@ -307,6 +332,13 @@ impl<T: Task> Trainer<T> {
                     other => other,
                 })?
             };
+            if report.overflowed {
+                on_event(&Event::LossScaleCut {
+                    step: self.step + 1,
+                    scale: self.mixed.loss_scale(),
+                });
+                continue;
+            }
             if !report.applied {
                 let bad = if report.loss.is_finite() {
                     report.grad_norm
@@ -401,6 +433,7 @@ impl<T: Task> Trainer<T> {
             task: T::KIND.to_string(),
             config: self.task.config_json(),
             vocab_size: None,
+            loss_scaler: self.mixed.scaler().cloned(),
         };
         let weights = self.task.weights_bytes(&self.model);
         checkpoint::save(

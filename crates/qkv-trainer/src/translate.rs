@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, RunState};
 use crate::error::TrainError;
 use crate::optim::AdamWSettings;
+use crate::precision::Precision;
 use crate::schedule::WarmupCosine;
 use crate::task::{Evaluation, Recipe, Task};
 
@@ -188,6 +189,7 @@ impl TranslateConfig {
             eval_interval: c.eval_interval,
             seed: c.seed,
             time_limit_s: c.time_limit_s,
+            precision: Precision::F32,
         }
     }
 }

@@ -63,7 +63,7 @@ impl Targets {
 ///
 /// - `logits`: `[rows, vocab]`
 /// - `targets`: `[rows]`
-/// - returns `[1]`
+/// - returns `[1]`, in f32 (half-precision logits are cast to f32 first)
 ///
 /// # Panics
 /// If `smoothing` is outside `[0, 1)`, if the shapes disagree, or (on the kernel's path) if a
@@ -78,6 +78,9 @@ pub fn cross_entropy(
         (0.0..1.0).contains(&smoothing),
         "label smoothing must be in [0, 1), got {smoothing}"
     );
+    if super::half_dtype(logits.dtype()).is_some() {
+        return cross_entropy(super::to_f32(logits), targets, ignore_index, smoothing);
+    }
     let [rows, vocab] = logits.dims();
     assert_eq!(
         targets.dims()[0],

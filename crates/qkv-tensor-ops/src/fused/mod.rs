@@ -43,7 +43,7 @@ pub mod tile_matmul;
 use burn::backend::DispatchDevice;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::{DType, Distribution, FloatDType};
 
 use crate::mask::causal_mask;
 use backend::{FusedOps, FusedOptim};
@@ -96,18 +96,45 @@ pub fn has_gpu_kernels<const D: usize>(t: &Tensor<D>) -> bool {
         && gpu_kernels_serve(&t.device())
 }
 
+/// The half-precision type `dtype` is, if it is one (f16 or bf16). The ops that lose most in
+/// half precision (LayerNorm, the attention softmax, flash attention, the loss) compute in
+/// f32 for such inputs, on the same kernels as f32 callers, and cast their result back, as
+/// PyTorch's autocast runs them in f32.
+pub fn half_dtype(dtype: DType) -> Option<FloatDType> {
+    matches!(dtype, DType::F16 | DType::BF16).then(|| dtype.into())
+}
+
+/// The dtype an op computes in for inputs of `dtype`: f32 for the half types (see
+/// [`half_dtype`]), `dtype` itself otherwise.
+pub fn compute_dtype(dtype: DType) -> DType {
+    if half_dtype(dtype).is_some() {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+/// `t` in f32.
+pub(crate) fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    t.cast(FloatDType::F32)
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, with the
 /// biased variance, as `torch.nn.LayerNorm` and Burn's `LayerNorm` compute it.
 ///
 /// - `x`: `[..., d]`
 /// - `gamma`, `beta`: `[d]`
-/// - returns `[..., d]`
+/// - returns `[..., d]`, in `x`'s dtype (computed in f32 for half-precision `x`)
 pub fn layer_norm<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Option<Tensor<1>>,
     eps: f64,
 ) -> Tensor<D> {
+    if let Some(half) = half_dtype(x.dtype()) {
+        let (x, gamma, beta) = (to_f32(x), to_f32(gamma), beta.map(to_f32));
+        return layer_norm(x, gamma, beta, eps).cast(half);
+    }
     #[cfg(feature = "gpu")]
     if has_gpu_kernels(&x) {
         let beta = beta.unwrap_or_else(|| gamma.zeros_like());
@@ -158,8 +185,12 @@ pub fn layer_norm_explicit<const D: usize>(
 /// keys `0..=i + seq_k - seq_q`). Hidden entries are exactly 0.
 ///
 /// - `scores`: `[batch, n_heads, seq_q, seq_k]` (raw `Q·Kᵀ`, before scaling)
-/// - returns `[batch, n_heads, seq_q, seq_k]`
+/// - returns `[batch, n_heads, seq_q, seq_k]`, in `scores`' dtype (computed in f32 for half
+///   precision)
 pub fn scaled_softmax(scores: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    if let Some(half) = half_dtype(scores.dtype()) {
+        return scaled_softmax(to_f32(scores), scale, causal).cast(half);
+    }
     #[cfg(feature = "gpu")]
     if has_gpu_kernels(&scores) {
         return Tensor::from_dispatch(<Dispatch as gpu::GpuFusedOps>::qkv_gpu_scaled_softmax(
@@ -333,6 +364,10 @@ pub fn flash_attention(
         "flash attention: dropout {dropout} outside [0, 1)"
     );
     let scale = scale.unwrap_or(1.0 / (d_head as f64).sqrt());
+    if let Some(half) = half_dtype(q.dtype()) {
+        let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
+        return flash_attention(q, k, v, key_hidden, causal, Some(scale), dropout).cast(half);
+    }
     let device = q.device();
     #[cfg(feature = "gpu")]
     if gpu_flash_serves(&q, &k, key_hidden.is_some()) {

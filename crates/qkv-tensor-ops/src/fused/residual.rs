@@ -19,7 +19,7 @@ use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 
 use super::backend::{FusedBackward, LayerNormNode, contiguous, elems, tensor};
-use super::{has_fused_kernels, kernels, layer_norm, layer_norm_explicit};
+use super::{half_dtype, has_fused_kernels, kernels, layer_norm, layer_norm_explicit, to_f32};
 
 /// `(x + branch, LayerNorm(x + branch))`: the residual stream after a sub-layer and its
 /// LayerNorm (biased variance, as [`layer_norm`]). One kernel forward on Flex for `f32`;
@@ -44,6 +44,11 @@ pub fn add_layer_norm<const D: usize>(
         branch.dims(),
         "add_layer_norm: the stream and the branch must have the same shape"
     );
+    if let Some(half) = half_dtype(x.dtype()) {
+        let (x, branch) = (to_f32(x), to_f32(branch));
+        let (sum, normed) = add_layer_norm(x, branch, to_f32(gamma), beta.map(to_f32), eps);
+        return (sum.cast(half), normed.cast(half));
+    }
     if !has_fused_kernels(&x.device(), x.dtype()) {
         let sum = x + branch;
         return (sum.clone(), layer_norm(sum, gamma, beta, eps));

@@ -5,6 +5,7 @@ mod errors;
 mod optim_parity;
 mod parallel;
 mod parsers;
+mod precision;
 mod recall_heads;
 mod recurrent;
 mod runs;
