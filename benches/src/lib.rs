@@ -11,7 +11,7 @@ use burn::tensor::Distribution;
 use qkv_attention::{MhaInput, MultiHeadAttentionConfig};
 use qkv_tensor_ops::fused::{gpu_kernels_serve, with_dropout_seeds};
 use qkv_trainer::optim::{AdamW, AdamWSettings};
-use qkv_trainer::train_step as trainer_step;
+use qkv_trainer::{MixedPrecision, Precision, train_step_mixed};
 use qkv_transformer::{GenerationConfig, Gpt, GptConfig, cross_entropy};
 
 pub use qkv_backends::{Backend, MachineInfo, sync};
@@ -181,6 +181,12 @@ impl Workload {
     /// for the device to finish it. Models use random weights: speed does not depend on
     /// what a model has learned.
     pub fn prepare(&self, device: &Device) -> Box<dyn FnMut()> {
+        self.prepare_in(device, Precision::F32)
+    }
+
+    /// [`Self::prepare`], with a training step computing in `precision` (f32 weights and
+    /// AdamW, see `qkv_trainer::precision`); the other workloads are always f32.
+    pub fn prepare_in(&self, device: &Device, precision: Precision) -> Box<dyn FnMut()> {
         device.seed(0);
         match *self {
             Workload::AttentionForward { seq, d_model } => {
@@ -190,7 +196,7 @@ impl Workload {
                 attention(device.clone().autodiff(), seq, d_model, true)
             }
             Workload::Matmul { m, k, n } => matmul(device.clone(), m, k, n),
-            Workload::TrainStep(recipe) => train_step(device, recipe),
+            Workload::TrainStep(recipe) => train_step(device, recipe, precision),
             Workload::Generate { kv_cache } => generate(device, kv_cache),
         }
     }
@@ -238,8 +244,8 @@ fn attention(device: Device, seq: usize, d_model: usize, backward: bool) -> Box<
     })
 }
 
-/// One training step: the trainer's own [`train_step`].
-fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
+/// One training step: the trainer's own [`train_step_mixed`], in `precision`.
+fn train_step(device: &Device, recipe: Recipe, precision: Precision) -> Box<dyn FnMut()> {
     let device = device.clone().autodiff();
     let config = recipe.model();
     let (batch, block) = (recipe.batch_size(), config.block_size);
@@ -261,11 +267,12 @@ fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
     // As the trainer does on a GPU, dropout's seeds come from a host stream (one per
     // iteration) rather than from the device, which would wait for it at every dropout.
     let on_gpu = gpu_kernels_serve(&device);
+    let mut mixed = MixedPrecision::new(precision);
     let mut iteration = 0u64;
     Box::new(move || {
         let m = model.take().expect("model");
         let step = || {
-            trainer_step(m, &mut adamw, 1, 1e-3, 1.0, |m| {
+            train_step_mixed(m, &mut adamw, &mut mixed, 1, 1e-3, 1.0, |m| {
                 Ok(cross_entropy(m.forward(x.clone()), y.clone(), None))
             })
         };
@@ -276,7 +283,12 @@ fn train_step(device: &Device, recipe: Recipe) -> Box<dyn FnMut()> {
             step()
         };
         let (m, report) = result.expect("training step");
-        assert!(report.applied, "the benchmark's step diverged");
+        // An f16 step whose gradients overflow is skipped (and the scale halved), as in
+        // training: it did the same work.
+        assert!(
+            report.applied || report.overflowed,
+            "the benchmark's step diverged"
+        );
         sync(&device);
         model = Some(m);
     })

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use qkv_backends::{Backend, MachineInfo, parse_list};
 use qkv_benches::{Stats, Workload};
+use qkv_trainer::Precision;
 use serde_json::{Value, json};
 
 /// Arguments of `cargo xtask bench`.
@@ -38,6 +39,11 @@ pub struct BenchArgs {
     /// where the kernel count is the figure of interest).
     #[arg(long)]
     kernels_only: bool,
+    /// The float type of the training-step benchmarks (`f32`, `f16`, `bf16`; f32 weights and
+    /// AdamW whatever it is, as `cargo xtask train --dtype`). Other benchmarks are f32 and
+    /// are refused beside another type; PyTorch's peer stays f32.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// Where to write the JSON results.
     #[arg(long, default_value = "runs/bench.json")]
     json: PathBuf,
@@ -138,6 +144,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.only.unwrap_or_default()
         );
     }
+    if args.dtype != Precision::F32
+        && let Some(w) = workloads
+            .iter()
+            .find(|w| !matches!(w, Workload::TrainStep(_)))
+    {
+        bail!(
+            "--dtype {} applies to the training steps only, and {} is not one: add --only train_step",
+            args.dtype,
+            w.id()
+        );
+    }
     if args.kernels_only
         && let Some(cpu) = backends.iter().find(|b| b.is_cpu())
     {
@@ -150,13 +167,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|b| b.check().map(|d| (*b, d)))
         .collect::<Result<Vec<_>, _>>()?;
+    for (backend, device) in &devices {
+        if let Some(dtype) = args.dtype.compute_dtype()
+            && !device.supports_dtype(dtype)
+        {
+            bail!(
+                "{backend} cannot compute in {} here: use --dtype f32",
+                args.dtype
+            );
+        }
+    }
 
     let mut rows: Vec<Row> = Vec::new();
     for &workload in &workloads {
         let mut qkv = Vec::new();
         let mut first_iteration_kernels = Vec::new();
         for (backend, device) in &devices {
-            let mut iteration = workload.prepare(device);
+            let mut iteration = workload.prepare_in(device, args.dtype);
             if !backend.is_cpu() {
                 let ((), first) = qkv_backends::count_launches(&mut iteration);
                 first_iteration_kernels.push((*backend, first.total()));
@@ -204,7 +231,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let gpu = gpu_description();
     println!(
         "{}",
-        markdown(&rows, &backends, pytorch.as_ref(), &machine, gpu.as_deref())
+        markdown(
+            &rows,
+            &backends,
+            pytorch.as_ref(),
+            &machine,
+            gpu.as_deref(),
+            args.dtype
+        )
     );
     let report = json!({
         "machine": {
@@ -216,6 +250,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "gpu": gpu,
         },
         "backends": backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        "dtype": args.dtype.name(),
         "quick": args.quick,
         "pytorch": pytorch.as_ref().map(|p| json!({
             "torch_version": p["torch_version"],
@@ -362,6 +397,7 @@ fn markdown(
     pytorch: Option<&Value>,
     machine: &MachineInfo,
     gpu: Option<&str>,
+    dtype: Precision,
 ) -> String {
     let mut s = format!(
         "Machine: {} ({}), {} logical CPUs, {} threads, {}{}\n",
@@ -377,6 +413,11 @@ fn markdown(
             "PyTorch {} on {}\n",
             p["torch_version"].as_str().unwrap_or("?"),
             p["device"].as_str().unwrap_or("?")
+        );
+    }
+    if dtype != Precision::F32 {
+        s += &format!(
+            "qkv's training steps compute in {dtype} (f32 weights and AdamW); PyTorch's in f32\n"
         );
     }
     s += "Median time per iteration; on a GPU backend also the CubeCL kernels one iteration \

@@ -55,6 +55,11 @@ pub fn rotary_tables(
 pub fn apply_rotary(x: Tensor<4>, offset: usize, base: f64) -> Tensor<4> {
     let [_, _, seq_len, d_head] = x.dims();
     let (cos, sin) = rotary_tables(seq_len, d_head, offset, base, &x.device());
+    // The tables are f32; a half-precision `x` (mixed precision) takes them in its type.
+    let (cos, sin) = match crate::fused::half_dtype(x.dtype()) {
+        Some(half) => (cos.cast(half), sin.cast(half)),
+        None => (cos, sin),
+    };
     let half = d_head / 2;
     let first = x.clone().narrow(3, 0, half);
     let second = x.clone().narrow(3, half, half);

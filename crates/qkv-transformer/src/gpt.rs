@@ -238,7 +238,12 @@ impl Gpt {
                 .reshape([1, seq]);
             x = x + wpe.forward(positions);
         } else if self.sinusoidal {
-            x = x + sinusoidal_table(start, seq, d_model, &device).unsqueeze::<3>();
+            // The table is f32; a half-precision stream (mixed precision) takes it in its type.
+            let mut table = sinusoidal_table(start, seq, d_model, &device);
+            if let Some(half) = qkv_tensor_ops::fused::half_dtype(x.dtype()) {
+                table = table.cast(half);
+            }
+            x = x + table.unsqueeze::<3>();
         }
         qkv_attention::dropout(&self.embedding_dropout, x)
     }

@@ -211,6 +211,56 @@ fn f16_overflow_skips_the_step_and_halves_the_scale() {
     }
 }
 
+/// Sinusoidal and rotary positions (f32 tables added to, or multiplied into, half tensors)
+/// give f32's first loss within 2e-4 in both half types, and learn.
+#[test]
+fn every_position_encoding_runs_in_half_precision() {
+    use qkv_transformer::PositionalEncoding;
+    let _rng = super::rng_lock();
+    let ad = qkv_test_support::flex().autodiff();
+    let (x, y) = batch(&ad);
+    for positional in [
+        PositionalEncoding::Sinusoidal,
+        PositionalEncoding::Rotary { base: 10000.0 },
+    ] {
+        let losses = |precision| {
+            ad.seed(7);
+            let mut model: Gpt = GptConfig {
+                positional: positional.clone(),
+                ..config(0.0)
+            }
+            .init(&ad);
+            let (mut mixed, mut optimizer) = (MixedPrecision::new(precision), adamw());
+            let mut out = Vec::new();
+            for _ in 0..10 {
+                let (m, report) =
+                    train_step_mixed(model, &mut optimizer, &mut mixed, 1, 3e-3, 1.0, |m| {
+                        Ok(cross_entropy(m.forward(x.clone()), y.clone(), None))
+                    })
+                    .unwrap();
+                assert!(report.applied, "{positional:?} {precision}: {report:?}");
+                model = m;
+                out.push(report.loss);
+            }
+            out
+        };
+        let want = losses(Precision::F32);
+        for precision in [Precision::F16, Precision::Bf16] {
+            let got = losses(precision);
+            assert!(
+                relative(got[0], want[0]) < 2e-4,
+                "{positional:?} {precision}: {} vs f32 {}",
+                got[0],
+                want[0]
+            );
+            assert!(
+                relative(got[9], want[9]) < 0.01 && got[9] < got[0] * 0.9,
+                "{positional:?} {precision}: {got:?} vs f32 {want:?}"
+            );
+        }
+    }
+}
+
 /// With dropout, the half-precision steps (dropout masks drawn in the half type) still learn.
 #[test]
 fn half_precision_with_dropout_learns() {
@@ -309,8 +359,7 @@ fn unsupported_mixed_precision_is_refused_with_a_reason() {
         qkv_transformer::recurrent::RecurrentCell::Lstm,
         &cache,
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("f32 only"), "{err}");
 
     let ndarray = qkv_test_support::ndarray().autodiff();
