@@ -67,6 +67,15 @@ pub(crate) fn lm_trainer(
     Trainer::new(LanguageModel::open(config, cache)?, run_dir, device, start)
 }
 
+/// Each step's `(step, loss bits)` from a run's `metrics.jsonl`, for bit-exact comparisons.
+pub(crate) fn losses(dir: &Path) -> Vec<(usize, u64)> {
+    crate::metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.loss.to_bits()))
+        .collect()
+}
+
 /// The autodiff Flex device the run tests train on.
 pub(crate) fn runs_device() -> Device {
     qkv_test_support::flex().autodiff()

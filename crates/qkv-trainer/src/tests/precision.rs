@@ -8,10 +8,10 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use qkv_transformer::{Gpt, GptConfig, cross_entropy};
 
-use super::{lm_trainer, temp_dir, tiny_recall};
+use super::{lm_trainer, losses, temp_dir, tiny_recall};
 use crate::optim::{AdamW, AdamWSettings, NamedGrads};
 use crate::precision::{LossScaler, MixedPrecision, Precision};
-use crate::{Event, Start, TrainError, metrics, train_step_mixed};
+use crate::{Event, Start, TrainError, train_step_mixed};
 
 fn config(dropout: f64) -> GptConfig {
     GptConfig {
@@ -271,14 +271,6 @@ fn half_precision_with_dropout_learns() {
         assert!(got.iter().all(|(l, n)| l.is_finite() && n.is_finite()));
         assert!(got[19].0 < got[0].0 / 2.0, "{precision}: {got:?}");
     }
-}
-
-fn losses(dir: &std::path::Path) -> Vec<(usize, u64)> {
-    metrics::read(&dir.join("metrics.jsonl"))
-        .unwrap()
-        .iter()
-        .map(|r| (r.step, r.loss.to_bits()))
-        .collect()
 }
 
 /// A whole f16 run through the trainer: its config says f16, the checkpoint carries the loss

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 
-use super::{lm_trainer, temp_dir, tiny_recall};
+use super::{lm_trainer, losses, temp_dir, tiny_recall};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::SavePoint;
 use crate::metrics;
@@ -12,14 +12,6 @@ use crate::{DataConfig, ModelSettings, Start, StopReason, TrainError};
 
 fn device() -> Device {
     qkv_test_support::flex().autodiff()
-}
-
-fn losses(dir: &std::path::Path) -> Vec<(usize, u64)> {
-    metrics::read(&dir.join("metrics.jsonl"))
-        .unwrap()
-        .iter()
-        .map(|r| (r.step, r.loss.to_bits()))
-        .collect()
 }
 
 #[test]
