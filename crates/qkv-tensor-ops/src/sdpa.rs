@@ -48,9 +48,7 @@ impl AttentionPath {
         // `fused::half_dtype`), so it takes the path f32 would.
         let dtype = crate::fused::compute_dtype(q.dtype());
         let flex = crate::fused::has_fused_kernels(&device, dtype);
-        let gpu = dtype == burn::tensor::DType::F32
-            && q.shape().num_elements() < u32::MAX as usize
-            && crate::fused::gpu_kernels_serve(&device);
+        let gpu = crate::fused::gpu_kernels_take(&device, dtype, q.shape().num_elements());
         if return_probs {
             AttentionPath::Explicit
         } else if (flex && seq_q > 1) || (device.is_autodiff() && gpu) {

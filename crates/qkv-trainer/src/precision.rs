@@ -165,10 +165,7 @@ pub struct MixedPrecision {
 impl MixedPrecision {
     /// Steps in `precision`, with a fresh loss scale where it needs one.
     pub fn new(precision: Precision) -> Self {
-        Self {
-            precision,
-            scaler: precision.loss_scaled().then(LossScaler::new),
-        }
+        Self::resume(precision, None)
     }
 
     /// Steps in `precision` resuming from `scaler` (ignored unless the precision scales).

@@ -91,9 +91,13 @@ pub fn gpu_kernels_serve(device: &Device) -> bool {
 /// Whether the GPU kernels serve `t`: on a device they serve ([`gpu_kernels_serve`]), `f32`,
 /// and with fewer than 2³² elements (the kernels index with `u32`).
 pub fn has_gpu_kernels<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32
-        && t.shape().num_elements() < u32::MAX as usize
-        && gpu_kernels_serve(&t.device())
+    gpu_kernels_take(&t.device(), t.dtype(), t.shape().num_elements())
+}
+
+/// Whether the GPU kernels serve a tensor of `elements` elements of `dtype` on `device` (see
+/// [`has_gpu_kernels`]).
+pub fn gpu_kernels_take(device: &Device, dtype: DType, elements: usize) -> bool {
+    dtype == DType::F32 && elements < u32::MAX as usize && gpu_kernels_serve(device)
 }
 
 /// The half-precision type `dtype` is, if it is one (f16 or bf16). The ops that lose most in
