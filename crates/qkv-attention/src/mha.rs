@@ -435,7 +435,7 @@ impl MultiHeadAttention {
 /// Burn 0.22 runs a 3-D input as a batched matmul per sequence, which is slower.
 fn project(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [batch, seq, d_in] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, d_in]));
+    let y = qkv_tensor_ops::fused::linear(linear, x.reshape([batch * seq, d_in]));
     let d_out = y.dims()[1];
     y.reshape([batch, seq, d_out])
 }

@@ -216,9 +216,9 @@ impl Gpt {
         let [batch, seq, d_model] = x.dims();
         let x = x.reshape([batch * seq, d_model]);
         let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => qkv_tensor_ops::fused::linear(head, x),
             // Weight tying: the LM head is the token embedding, [vocab, d_model], transposed.
-            None => x.matmul(self.token_embedding.weight.val().transpose()),
+            None => qkv_tensor_ops::fused::matmul(x, self.token_embedding.weight.val().transpose()),
         };
         logits.reshape([batch, seq, self.vocab_size])
     }

@@ -4,6 +4,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::config::Activation;
+use qkv_tensor_ops::fused::linear;
 
 /// `dropout(proj(act(fc(x))))`: widen to `d_ff`, apply GELU, project back to `d_model`.
 #[derive(Module, Debug)]
@@ -58,12 +59,12 @@ impl Mlp {
         match &self.fc.bias {
             // The bias and the activation in one op (one kernel each way on Flex).
             Some(bias) => qkv_tensor_ops::fused::bias_gelu(
-                x.matmul(self.fc.weight.val()),
+                qkv_tensor_ops::fused::matmul(x, self.fc.weight.val()),
                 bias.val(),
                 self.tanh_gelu,
             ),
-            None if self.tanh_gelu => gelu_tanh(self.fc.forward(x)),
-            None => qkv_tensor_ops::fused::gelu(self.fc.forward(x)),
+            None if self.tanh_gelu => gelu_tanh(linear(&self.fc, x)),
+            None => qkv_tensor_ops::fused::gelu(linear(&self.fc, x)),
         }
     }
 
@@ -72,7 +73,7 @@ impl Mlp {
     /// # Shapes
     /// `hidden`: `[rows, d_ff]` -> `[rows, d_model]`
     pub fn output(&self, hidden: Tensor<2>) -> Tensor<2> {
-        qkv_attention::dropout(&self.dropout, self.proj.forward(hidden))
+        qkv_attention::dropout(&self.dropout, linear(&self.proj, hidden))
     }
 }
 

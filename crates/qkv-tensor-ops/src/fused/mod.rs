@@ -1,8 +1,9 @@
 //! Fused training ops with hand-written backward passes: LayerNorm, the scaled causal softmax
 //! of attention, exact GELU, dropout, whole attention without materialised probabilities
 //! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu()`]), the
-//! residual add with the LayerNorm that reads it ([`add_layer_norm`]), and the softmax
-//! cross-entropy of the LM head ([`cross_entropy`]).
+//! residual add with the LayerNorm that reads it ([`add_layer_norm`]), the softmax
+//! cross-entropy of the LM head ([`cross_entropy`]), and the matrix product of a linear layer
+//! ([`matmul`], [`linear`]) on `qkv-gemm`.
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -37,6 +38,7 @@ pub mod gpu_kernels;
 pub mod gpu_rows;
 pub mod kernels;
 pub mod loss;
+pub mod matmul;
 pub mod residual;
 pub mod tile_matmul;
 
@@ -51,6 +53,7 @@ pub use bias_gelu::{bias_gelu, bias_gelu_explicit};
 use burn::backend::Dispatch;
 pub use kernels::AdamWStep;
 pub use loss::{cross_entropy, cross_entropy_explicit};
+pub use matmul::{linear, matmul};
 pub use residual::{add_layer_norm, add_layer_norm_explicit};
 
 /// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or

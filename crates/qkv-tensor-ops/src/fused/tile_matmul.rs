@@ -1,8 +1,8 @@
 //! The small matrix products inside the flash attention kernel: `C += A·B` and `C += Aᵀ·B`
 //! on row-major `f32` tiles, register-blocked, written with `pulp` so that one body compiles
-//! for every SIMD level and is picked at run time. Safe code: the libraries forbid `unsafe`,
-//! which rules out calling the `gemm` crate directly, and at tile sizes (64 × 64 × `d_head`)
-//! a packing GEMM per call would cost more than it saves.
+//! for every SIMD level and is picked at run time. At tile sizes (64 × 64 × `d_head`) a
+//! packing GEMM per call (`qkv-gemm`, the linear layers' products) would cost more than it
+//! saves.
 
 use pulp::Simd;
 

@@ -551,7 +551,7 @@ impl Seq2Seq {
         let [batch, len, d_model] = x.dims();
         let x = self.decoder_norm.forward(x).reshape([batch * len, d_model]);
         let table = self.tgt_embedding.as_ref().unwrap_or(&self.src_embedding);
-        let logits = x.matmul(table.weight.val().transpose());
+        let logits = qkv_tensor_ops::fused::matmul(x, table.weight.val().transpose());
         logits.reshape([batch, len, self.tgt_vocab_size])
     }
 

@@ -1,0 +1,198 @@
+//! The matrix product of a linear layer as one op on Flex, forward and backward through
+//! [`qkv_gemm`], reading a transposed operand in place.
+//!
+//! Burn's matmul on Flex calls the same `gemm` crate, but zero-fills each output and copies it
+//! to realign it before the product overwrites it, and its autodiff backward goes through
+//! transposed views. [`matmul`] routes 2-D `f32` products on Flex (with or without autodiff)
+//! to [`qkv_gemm::gemm`]; its backward pass computes `dA = dC·Bᵀ` and `dB = Aᵀ·dC` side by side
+//! from the stored operands, each transpose only a flag. Every other device and dtype takes
+//! Burn's `matmul`, which is also the oracle of the tests.
+
+use burn::backend::Dispatch;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::{DType, Shape};
+
+use super::backend::tensor;
+use super::has_fused_kernels;
+use qkv_gemm::Operand;
+
+/// `a · b` for 2-D tensors: on Flex for `f32` our GEMM forward and backward, elsewhere Burn's
+/// `matmul`.
+///
+/// # Shapes
+/// - `a`: `[m, k]`
+/// - `b`: `[k, n]`
+/// - returns `[m, n]`
+///
+/// # Panics
+/// If the inner dimensions differ.
+pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    let ([m, k], [k2, n]) = (a.dims(), b.dims());
+    assert_eq!(
+        k, k2,
+        "matmul: [{m}, {k}] · [{k2}, {n}]: the inner dimensions differ"
+    );
+    if !has_fused_kernels(&a.device(), a.dtype()) || b.dtype() != a.dtype() {
+        return a.matmul(b);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedMatmul>::qkv_matmul(
+        a.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
+/// A Burn [`Linear`] applied to rows through [`matmul`]: `x · weight + bias`.
+///
+/// # Shapes
+/// - `x`: `[rows, d_in]`
+/// - returns `[rows, d_out]` (the weight is `[d_in, d_out]`)
+pub fn linear(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let y = matmul(x, layer.weight.val());
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze::<2>(),
+        None => y,
+    }
+}
+
+/// The op as a Burn backend extension (Flex, and autodiff over Flex).
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedMatmul: Backend {
+    /// `a · b`: `a` `[m, k]`, `b` `[k, n]`, in any 2-D layout.
+    fn qkv_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// What the autodiff implementation of [`FusedMatmul`] calls on its inner backend.
+pub trait FusedMatmulBackward: Backend {
+    /// `(dA, dB)` of `C = A·B` from `A`, `B` and `dC`, each computed only if asked for.
+    fn qkv_matmul_backward(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        dc: FloatTensor<Self>,
+        want: [bool; 2],
+    ) -> [Option<FloatTensor<Self>>; 2];
+}
+
+/// `t` in a layout [`operand`] reads in place: row-major or the transpose of row-major, with
+/// any row stride; anything else is copied into row-major order.
+fn gemm_ready(t: FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "qkv_matmul takes f32 tensors");
+    if placement(&t).is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// `(offset, row stride, transposed)` of a 2-D tensor the GEMM can read in place.
+fn placement(t: &FlexTensor) -> Option<(usize, usize, bool)> {
+    let layout = t.layout();
+    let shape = layout.shape();
+    let (rows, cols) = (shape[0], shape[1]);
+    let strides = layout.strides();
+    let offset = layout.start_offset();
+    if t.is_contiguous() {
+        return Some((offset, cols, false));
+    }
+    let (s0, s1) = (strides[0], strides[1]);
+    if s1 == 1 && s0 >= cols as isize {
+        Some((offset, s0 as usize, false))
+    } else if s0 == 1 && s1 >= rows as isize {
+        Some((offset, s1 as usize, true))
+    } else {
+        None
+    }
+}
+
+/// A tensor made by [`gemm_ready`] as a GEMM operand.
+fn operand(t: &FlexTensor) -> Operand<'_> {
+    let (offset, ld, transposed) = placement(t).expect("gemm_ready placed the tensor");
+    Operand {
+        data: &t.storage::<f32>()[offset..],
+        ld,
+        transposed,
+    }
+}
+
+/// `[rows, cols]` of a 2-D tensor.
+fn dims2(t: &FlexTensor) -> (usize, usize) {
+    let shape = t.shape();
+    (shape[0], shape[1])
+}
+
+/// Runs one GEMM into a fresh `[m, n]` tensor.
+fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> FlexTensor {
+    tensor(qkv_gemm::product(m, n, k, a, b), Shape::new([m, n]))
+}
+
+impl FusedMatmul for Flex {
+    fn qkv_matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (a, b) = (gemm_ready(a), gemm_ready(b));
+        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
+        product(m, n, k, operand(&a), operand(&b))
+    }
+}
+
+impl FusedMatmulBackward for Flex {
+    fn qkv_matmul_backward(
+        a: FlexTensor,
+        b: FlexTensor,
+        dc: FlexTensor,
+        want: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        let (a, b, dc) = (gemm_ready(a), gemm_ready(b), gemm_ready(dc));
+        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
+        let (a, b, dc) = (operand(&a), operand(&b), operand(&dc));
+        // The two products are independent; rayon runs them side by side when both are
+        // wanted, each on the threads the other leaves idle.
+        let (da, db) = rayon::join(
+            || want[0].then(|| product(m, k, n, dc, b.t())),
+            || want[1].then(|| product(k, n, m, a.t(), dc)),
+        );
+        [da, db]
+    }
+}
+
+/// The op's autodiff node: keeps both operands (shared buffers).
+#[derive(Debug)]
+struct MatmulNode;
+
+impl<B: FusedMatmulBackward> Backward<B, 2> for MatmulNode {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dc = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let want = [ops.parents[0].is_some(), ops.parents[1].is_some()];
+        let grads_out = B::qkv_matmul_backward(a, b, dc, want);
+        for (node, grad) in ops.parents.into_iter().zip(grads_out) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul for Autodiff<B, C> {
+    fn qkv_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = MatmulNode
+            .prepare::<C>([a.node(), b.node()])
+            .compute_bound()
+            .stateful();
+        let (a, b) = (a.into_primitive(), b.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::qkv_matmul(a.clone(), b.clone());
+                prep.finish((a, b), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_matmul(a, b)),
+        }
+    }
+}
