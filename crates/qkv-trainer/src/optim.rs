@@ -168,20 +168,27 @@ impl AdamW {
                     bias2_sqrt: self.bias2_sqrt as f32,
                     grad_scale: self.grad_scale as f32,
                 };
-                let p = param.val();
-                let shape = p.shape();
-                let tracked = p.is_require_grad();
-                let on_autodiff = p.is_autodiff();
-                let n = shape.num_elements();
-                let (x, m, v) = adamw_update(p.inner().reshape([n]), grad.clone(), m, v, step);
-                self.state.insert(name.to_string(), Moments { m, v });
-                let x = x.reshape(shape);
-                let x = match (on_autodiff, tracked) {
-                    (false, _) => x,
-                    (true, false) => x.autodiff(),
-                    (true, true) => x.autodiff().require_grad(),
-                };
-                param.map(|_| x)
+                // The value moves out of the parameter (not a clone), so the update can write
+                // over it when nothing else holds it.
+                let mut moments = None;
+                let param = param.map(|p| {
+                    let shape = p.shape();
+                    let tracked = p.is_require_grad();
+                    let on_autodiff = p.is_autodiff();
+                    let n = shape.num_elements();
+                    let (x, m, v) = adamw_update(p.inner().reshape([n]), grad.clone(), m, v, step);
+                    moments = Some(Moments { m, v });
+                    let x = x.reshape(shape);
+                    match (on_autodiff, tracked) {
+                        (false, _) => x,
+                        (true, false) => x.autodiff(),
+                        (true, true) => x.autodiff().require_grad(),
+                    }
+                });
+                if let Some(moments) = moments {
+                    self.state.insert(name.to_string(), moments);
+                }
+                param
             }
         }
         let mut update = Update {

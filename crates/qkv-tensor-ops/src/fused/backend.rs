@@ -15,7 +15,7 @@ use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::flash::{self, FlashDropout, FlashProblem, HeadLayout};
-use super::kernels;
+use super::{adamw_kernel, kernels};
 
 /// A `[batch, seq_k]` key mask on the host, `true` = hidden, shared by a forward pass and its
 /// backward pass.
@@ -87,9 +87,21 @@ impl FusedOptim for Flex {
         v: FlexTensor,
         step: kernels::AdamWStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (p, g, m, v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
+        let (mut p, g, mut m, mut v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
         let shape = p.shape();
         let n = shape.num_elements();
+        // The optimizer usually owns the parameter and both moments alone: update them where
+        // they lie. Otherwise (a shared buffer, or a view into a larger one) write new ones.
+        if [&p, &m, &v].iter().all(|t| own_whole(t, n)) {
+            if let (Some(ps), Some(ms), Some(vs)) = (
+                p.try_storage_mut::<f32>(),
+                m.try_storage_mut::<f32>(),
+                v.try_storage_mut::<f32>(),
+            ) {
+                adamw_kernel::adamw_in_place(ps, elems(&g), ms, vs, &step);
+                return (p, m, v);
+            }
+        }
         let (mut p_out, mut m_out, mut v_out) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         kernels::adamw(
             elems(&p),
@@ -169,6 +181,14 @@ pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     } else {
         t.to_contiguous()
     }
+}
+
+/// Whether `t` is a contiguous tensor of `n` elements that is all of its buffer and the only
+/// owner of it (so it can be updated in place).
+fn own_whole(t: &FlexTensor, n: usize) -> bool {
+    t.is_unique()
+        && t.layout().start_offset() == 0
+        && t.bytes().len() == n * core::mem::size_of::<f32>()
 }
 
 /// The elements of a tensor made by [`contiguous`].
