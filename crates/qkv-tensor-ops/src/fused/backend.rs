@@ -92,15 +92,15 @@ impl FusedOptim for Flex {
         let n = shape.num_elements();
         // The optimizer usually owns the parameter and both moments alone: update them where
         // they lie. Otherwise (a shared buffer, or a view into a larger one) write new ones.
-        if [&p, &m, &v].iter().all(|t| own_whole(t, n)) {
-            if let (Some(ps), Some(ms), Some(vs)) = (
+        if [&p, &m, &v].iter().all(|t| own_whole(t, n))
+            && let (Some(ps), Some(ms), Some(vs)) = (
                 p.try_storage_mut::<f32>(),
                 m.try_storage_mut::<f32>(),
                 v.try_storage_mut::<f32>(),
-            ) {
-                adamw_kernel::adamw_in_place(ps, elems(&g), ms, vs, &step);
-                return (p, m, v);
-            }
+            )
+        {
+            adamw_kernel::adamw_in_place(ps, elems(&g), ms, vs, &step);
+            return (p, m, v);
         }
         let (mut p_out, mut m_out, mut v_out) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         kernels::adamw(
