@@ -108,6 +108,21 @@ fn update(p: f32, g: f32, m: f32, v: f32, s: &AdamWStep) -> (f32, f32, f32) {
     (p * s.decay_factor - s.step_size * update, m, v)
 }
 
+/// The constants of a third AdamW step (lr 1e-3, weight decay 0.1, β 0.9/0.99) with the
+/// gradient halved: the tests' update.
+#[cfg(test)]
+pub(super) fn example_step() -> AdamWStep {
+    AdamWStep {
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        decay_factor: 1.0 - 1e-3 * 0.1,
+        step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+        bias2_sqrt: (1.0 - 0.99f32.powi(3)).sqrt(),
+        grad_scale: 0.5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,15 +135,7 @@ mod tests {
         let wave = |k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
         let (p, g, m) = (wave(0.37), wave(1.3), wave(0.11));
         let v: Vec<f32> = wave(0.7).iter().map(|x| x * x).collect();
-        let step = AdamWStep {
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            decay_factor: 1.0 - 1e-3 * 0.1,
-            step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
-            bias2_sqrt: (1.0 - 0.99f32.powi(3)).sqrt(),
-            grad_scale: 0.5,
-        };
+        let step = example_step();
         let (mut p_out, mut m_out, mut v_out) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         adamw(&p, &g, &m, &v, &step, &mut p_out, &mut m_out, &mut v_out);
         let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());

@@ -387,15 +387,7 @@ fn flash_attention_with_dropout_matches_explicit_dropout() {
 #[test]
 fn adamw_update_matches_the_formula() {
     let n = 40_000;
-    let step = AdamWStep {
-        beta1: 0.9,
-        beta2: 0.99,
-        eps: 1e-8,
-        decay_factor: 1.0 - 1e-3 * 0.1,
-        step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
-        bias2_sqrt: (1.0 - 0.99f32.powi(3)).sqrt(),
-        grad_scale: 0.5,
-    };
+    let step = adamw_kernel::example_step();
     let mut rng = SeededRng::new(21);
     let (p, g, m) = (rng.vec(n, 1.0), rng.vec(n, 0.1), rng.vec(n, 0.01));
     let v: Vec<f32> = rng.vec(n, 1e-3).iter().map(|x| x.abs()).collect();
