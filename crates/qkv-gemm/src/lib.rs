@@ -120,13 +120,8 @@ impl<'a> Operand<'a> {
 /// # Panics
 /// If an operand's buffer is too short for its shape, or `c.len() != m * n`.
 pub fn gemm(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: &mut [f32], accumulate: bool) {
-    a.check(m, k, "A");
-    b.check(k, n, "B");
-    assert_eq!(
-        Some(c.len()),
-        m.checked_mul(n),
-        "gemm: C must hold m × n = {m} × {n} values"
-    );
+    let len = check_product(m, n, k, a, b);
+    assert_eq!(c.len(), len, "gemm: C must hold m × n = {m} × {n} values");
     if m == 0 || n == 0 {
         return;
     }
@@ -202,9 +197,7 @@ unsafe fn call(
 /// # Panics
 /// As [`gemm`].
 pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    a.check(m, k, "A");
-    b.check(k, n, "B");
-    let len = m.checked_mul(n).expect("gemm: m × n overflows usize");
+    let len = check_product(m, n, k, a, b);
     if len == 0 || k == 0 {
         return vec![0.0; len];
     }
@@ -226,6 +219,16 @@ pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32>
     c
 }
 
+/// Checks `A` (`[m, k]`) and `B` (`[k, n]`) against their buffers and returns `m × n`.
+///
+/// # Panics
+/// As [`gemm`], or if `m × n` overflows `usize`.
+fn check_product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> usize {
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    m.checked_mul(n).expect("gemm: m × n overflows usize")
+}
+
 /// The triple loop, `C = A·B` (or `C += A·B`) accumulated in `f64`: the oracle of the tests.
 ///
 /// # Panics
@@ -239,13 +242,8 @@ pub fn reference(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    a.check(m, k, "A");
-    b.check(k, n, "B");
-    assert_eq!(
-        Some(c.len()),
-        m.checked_mul(n),
-        "gemm: C must hold m × n values"
-    );
+    let len = check_product(m, n, k, a, b);
+    assert_eq!(c.len(), len, "gemm: C must hold m × n = {m} × {n} values");
     for i in 0..m {
         for j in 0..n {
             let s: f64 = (0..k).map(|p| a.at(i, p) as f64 * b.at(p, j) as f64).sum();

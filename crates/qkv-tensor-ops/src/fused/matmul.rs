@@ -4,7 +4,7 @@
 //! Burn's matmul on Flex calls the same `gemm` crate, but zero-fills each output and copies it
 //! to realign it before the product overwrites it, and its autodiff backward goes through
 //! transposed views. [`matmul`] routes 2-D `f32` products on Flex (with or without autodiff)
-//! to [`qkv_gemm::gemm`]; its backward pass computes `dA = dC·Bᵀ` and `dB = Aᵀ·dC` side by side
+//! to [`qkv_gemm::product`]; its backward pass computes `dA = dC·Bᵀ` and `dB = Aᵀ·dC` side by side
 //! from the stored operands, each transpose only a flag. Every other device and dtype takes
 //! Burn's `matmul`, which is also the oracle of the tests.
 
@@ -194,5 +194,103 @@ impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul fo
             }
             OpsKind::UnTracked(prep) => prep.finish(B::qkv_matmul(a, b)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qkv_test_support::{SeededRng, assert_rel_close, check_parity, random_tensor, values};
+
+    /// Our GEMM as a tracked op against Burn's `matmul` (the oracle), values and both gradients:
+    /// odd shapes that leave partial register tiles and panels, several `KC` blocks, a product
+    /// large enough to run on both threads, and operands given as transposed views (the tied LM
+    /// head reads the embedding table transposed) and as row-strided views.
+    #[test]
+    fn matmul_matches_burns_values_and_gradients() {
+        let device = qkv_test_support::flex().autodiff();
+        for (m, k, n) in [(7, 13, 5), (70, 129, 33), (150, 64, 200), (1, 40, 65)] {
+            let mut rng = SeededRng::new((m * k + n) as u64);
+            let a = random_tensor(&mut rng, [m, k], 1.0, &device);
+            let b = random_tensor(&mut rng, [k, n], 1.0, &device);
+            check_parity(
+                &format!("matmul {m}x{k} @ {k}x{n}"),
+                [a.clone(), b.clone()],
+                |[a, b]| matmul(a, b),
+                |[a, b]| a.matmul(b),
+                1e-5 * k as f32,
+            );
+            // Both operands stored transposed: A as [k, m], B as [n, k].
+            let (at, bt) = (a.transpose(), b.transpose());
+            check_parity(
+                &format!("matmul {m}x{k} @ {k}x{n}, transposed views"),
+                [at, bt],
+                |[at, bt]| matmul(at.transpose(), bt.transpose()),
+                |[at, bt]| at.transpose().matmul(bt.transpose()),
+                1e-5 * k as f32,
+            );
+        }
+        // A row-strided view: the first 20 columns of a [30, 50] matrix.
+        let mut rng = SeededRng::new(5);
+        let wide = random_tensor(&mut rng, [30, 50], 1.0, &device);
+        let b = random_tensor(&mut rng, [20, 9], 1.0, &device);
+        check_parity(
+            "matmul of a column slice",
+            [wide, b],
+            |[w, b]| matmul(w.slice([0..30, 0..20]), b),
+            |[w, b]| w.slice([0..30, 0..20]).matmul(b),
+            2e-4,
+        );
+    }
+
+    /// With one operand untracked (a frozen weight), the other's gradient is still Burn's, and
+    /// without autodiff the values are; on NdArray the op is Burn's `matmul` itself.
+    #[test]
+    fn matmul_with_one_tracked_operand_and_off_flex() {
+        let device = qkv_test_support::flex().autodiff();
+        let mut rng = SeededRng::new(8);
+        let a = random_tensor(&mut rng, [33, 70], 1.0, &device).require_grad();
+        let b = random_tensor(&mut rng, [70, 41], 1.0, &device);
+        let grad_of = |c: Tensor<2>| {
+            let grads = c.powf_scalar(2.0).sum().backward();
+            values(a.grad(&grads).expect("a is tracked"))
+        };
+        let got = grad_of(matmul(a.clone(), b.clone()));
+        let want = grad_of(a.clone().matmul(b.clone()));
+        assert_rel_close(&got, &want, 1e-5, "gradient of the tracked operand");
+        for device in [qkv_test_support::flex(), qkv_test_support::ndarray()] {
+            let mut rng = SeededRng::new(9);
+            let a = random_tensor(&mut rng, [17, 300], 1.0, &device);
+            let b = random_tensor(&mut rng, [300, 19], 1.0, &device);
+            let got = values(matmul(a.clone(), b.clone()));
+            let want = values(a.matmul(b));
+            assert_rel_close(&got, &want, 1e-5, "matmul without autodiff");
+        }
+    }
+
+    /// `linear` is `Linear::forward` on rows, with and without a bias.
+    #[test]
+    fn linear_is_burns_linear() {
+        let device = qkv_test_support::flex();
+        for bias in [true, false] {
+            let layer = burn::nn::LinearConfig::new(24, 10)
+                .with_bias(bias)
+                .init(&device);
+            let x = random_tensor(&mut SeededRng::new(4), [13, 24], 1.0, &device);
+            let got = values(linear(&layer, x.clone()));
+            let want = values(layer.forward(x));
+            assert_rel_close(&got, &want, 1e-5, "linear against Linear::forward");
+        }
+    }
+
+    /// Mismatched inner dimensions are refused with both shapes named.
+    #[test]
+    #[should_panic(expected = "the inner dimensions differ")]
+    fn matmul_names_mismatched_shapes() {
+        let device = qkv_test_support::flex();
+        let _ = matmul(
+            Tensor::<2>::zeros([2, 3], &device),
+            Tensor::<2>::zeros([4, 5], &device),
+        );
     }
 }
