@@ -1,12 +1,15 @@
 //! The matrix product of a linear layer as one op on Flex, forward and backward through
-//! [`qkv_gemm`], reading a transposed operand in place.
+//! [`qkv_gemm`], reading a transposed operand in place, with the bias folded in.
 //!
 //! Burn's matmul on Flex calls the same `gemm` crate, but zero-fills each output and copies it
 //! to realign it before the product overwrites it, and its autodiff backward goes through
 //! transposed views. [`matmul`] routes 2-D `f32` products on Flex (with or without autodiff)
 //! to [`qkv_gemm::product`]; its backward pass computes `dA = dC·Bᵀ` and `dB = Aᵀ·dC` side by side
-//! from the stored operands, each transpose only a flag. Every other device and dtype takes
-//! Burn's `matmul`, which is also the oracle of the tests.
+//! from the stored operands, each transpose only a flag. [`linear`] with a bias starts the
+//! output as the bias repeated on every row and accumulates the product into it (one pass
+//! over the output instead of a product and a separate add), and its backward pass sums
+//! `dbias` from `dC` beside the two products. Every other device and dtype takes Burn's
+//! `matmul` and add, which are also the oracle of the tests.
 
 use burn::backend::Dispatch;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -20,9 +23,10 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};
 
-use super::backend::tensor;
-use super::has_fused_kernels;
+use super::backend::{contiguous, elems, tensor};
+use super::{has_fused_kernels, kernels};
 use qkv_gemm::Operand;
+use rayon::prelude::*;
 
 /// `a · b` for 2-D tensors: on Flex for `f32` our GEMM forward and backward, elsewhere Burn's
 /// `matmul`.
@@ -55,11 +59,44 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// - `x`: `[rows, d_in]`
 /// - returns `[rows, d_out]` (the weight is `[d_in, d_out]`)
 pub fn linear(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
-    let y = matmul(x, layer.weight.val());
     match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze::<2>(),
-        None => y,
+        Some(bias) => matmul_bias(x, layer.weight.val(), bias.val()),
+        None => matmul(x, layer.weight.val()),
     }
+}
+
+/// `a · b + bias`, the bias broadcast over the rows: on Flex for `f32` one op forward (the
+/// product accumulated into the repeated bias) and one backward, elsewhere Burn's `matmul`
+/// and add.
+///
+/// # Shapes
+/// - `a`: `[m, k]`
+/// - `b`: `[k, n]`
+/// - `bias`: `[n]`
+/// - returns `[m, n]`
+///
+/// # Panics
+/// If the inner dimensions differ or the bias is not `n` long.
+pub fn matmul_bias(a: Tensor<2>, b: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    let ([m, k], [k2, n]) = (a.dims(), b.dims());
+    assert_eq!(
+        k, k2,
+        "matmul: [{m}, {k}] · [{k2}, {n}]: the inner dimensions differ"
+    );
+    assert_eq!(
+        bias.dims(),
+        [n],
+        "matmul_bias: the bias must have one value per output column ({n})"
+    );
+    let dtype = a.dtype();
+    if !has_fused_kernels(&a.device(), dtype) || b.dtype() != dtype || bias.dtype() != dtype {
+        return a.matmul(b) + bias.unsqueeze::<2>();
+    }
+    Tensor::from_dispatch(<Dispatch as FusedMatmul>::qkv_matmul_bias(
+        a.into_dispatch(),
+        b.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// The op as a Burn backend extension (Flex, and autodiff over Flex).
@@ -67,17 +104,25 @@ pub fn linear(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
 pub trait FusedMatmul: Backend {
     /// `a · b`: `a` `[m, k]`, `b` `[k, n]`, in any 2-D layout.
     fn qkv_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `a · b + bias`: `a` `[m, k]`, `b` `[k, n]` in any 2-D layout, `bias` `[n]`.
+    fn qkv_matmul_bias(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// What the autodiff implementation of [`FusedMatmul`] calls on its inner backend.
 pub trait FusedMatmulBackward: Backend {
-    /// `(dA, dB)` of `C = A·B` from `A`, `B` and `dC`, each computed only if asked for.
+    /// `(dA, dB, dbias)` of `C = A·B (+ bias)` from `A`, `B` and `dC`, each computed only if
+    /// asked for (`dbias = Σ_rows dC`).
     fn qkv_matmul_backward(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         dc: FloatTensor<Self>,
-        want: [bool; 2],
-    ) -> [Option<FloatTensor<Self>>; 2];
+        want: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3];
 }
 
 /// `t` in a layout [`operand`] reads in place: row-major or the transpose of row-major, with
@@ -138,6 +183,57 @@ impl FusedMatmul for Flex {
         let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
         product(m, n, k, operand(&a), operand(&b))
     }
+
+    fn qkv_matmul_bias(a: FlexTensor, b: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let (a, b, bias) = (gemm_ready(a), gemm_ready(b), contiguous(bias));
+        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
+        let bias = elems(&bias);
+        assert_eq!(bias.len(), n, "qkv_matmul_bias: one bias value per column");
+        let mut c = repeated_rows(m, bias);
+        qkv_gemm::gemm(m, n, k, operand(&a), operand(&b), &mut c, true);
+        tensor(c, Shape::new([m, n]))
+    }
+}
+
+/// Outputs below which [`repeated_rows`] fills on one thread.
+const PARALLEL_FILL: usize = 1 << 18;
+
+/// `m` copies of `row`, one after the other: the output a biased product accumulates into.
+fn repeated_rows(m: usize, row: &[f32]) -> Vec<f32> {
+    let n = row.len();
+    if m * n < PARALLEL_FILL {
+        let mut out = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(row);
+        }
+        return out;
+    }
+    let mut out = vec![0.0; m * n];
+    out.par_chunks_mut(kernels::rows_per_task(n) * n)
+        .for_each(|rows| {
+            rows.chunks_exact_mut(n)
+                .for_each(|out_row| out_row.copy_from_slice(row))
+        });
+    out
+}
+
+/// `Σ_rows dc` of an `[m, n]` operand: the bias gradient of `C = A·B + bias`.
+fn column_sums(m: usize, n: usize, dc: Operand) -> Vec<f32> {
+    kernels::simd(|| {
+        if dc.transposed {
+            // Column `j` of the logical matrix is row `j` of the buffer.
+            (0..n)
+                .map(|j| kernels::sum(&dc.data[j * dc.ld..j * dc.ld + m]))
+                .collect()
+        } else {
+            let mut sums = vec![0.0f32; n];
+            for r in 0..m {
+                let row = &dc.data[r * dc.ld..r * dc.ld + n];
+                sums.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+            }
+            sums
+        }
+    })
 }
 
 impl FusedMatmulBackward for Flex {
@@ -145,18 +241,24 @@ impl FusedMatmulBackward for Flex {
         a: FlexTensor,
         b: FlexTensor,
         dc: FlexTensor,
-        want: [bool; 2],
-    ) -> [Option<FlexTensor>; 2] {
+        want: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
         let (a, b, dc) = (gemm_ready(a), gemm_ready(b), gemm_ready(dc));
         let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
         let (a, b, dc) = (operand(&a), operand(&b), operand(&dc));
         // The two products are independent; rayon runs them side by side when both are
-        // wanted, each on the threads the other leaves idle.
-        let (da, db) = rayon::join(
-            || want[0].then(|| product(m, k, n, dc, b.t())),
+        // wanted, each on the threads the other leaves idle. The bias gradient, one pass
+        // over dC, follows dA on its side.
+        let ((da, dbias), db) = rayon::join(
+            || {
+                (
+                    want[0].then(|| product(m, k, n, dc, b.t())),
+                    want[2].then(|| tensor(column_sums(m, n, dc), Shape::new([n]))),
+                )
+            },
             || want[1].then(|| product(k, n, m, a.t(), dc)),
         );
-        [da, db]
+        [da, db, dbias]
     }
 }
 
@@ -170,7 +272,28 @@ impl<B: FusedMatmulBackward> Backward<B, 2> for MatmulNode {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dc = grads.consume::<B>(&ops.node);
         let (a, b) = ops.state;
-        let want = [ops.parents[0].is_some(), ops.parents[1].is_some()];
+        let want = [ops.parents[0].is_some(), ops.parents[1].is_some(), false];
+        let grads_out = B::qkv_matmul_backward(a, b, dc, want);
+        for (node, grad) in ops.parents.into_iter().zip(grads_out) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The biased op's autodiff node: keeps both operands (shared buffers); the bias itself is
+/// not needed for any gradient.
+#[derive(Debug)]
+struct MatmulBiasNode;
+
+impl<B: FusedMatmulBackward> Backward<B, 3> for MatmulBiasNode {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dc = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let want = ops.parents.each_ref().map(Option::is_some);
         let grads_out = B::qkv_matmul_backward(a, b, dc, want);
         for (node, grad) in ops.parents.into_iter().zip(grads_out) {
             if let (Some(node), Some(grad)) = (node, grad) {
@@ -193,6 +316,29 @@ impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul fo
                 prep.finish((a, b), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::qkv_matmul(a, b)),
+        }
+    }
+
+    fn qkv_matmul_bias(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let prep = MatmulBiasNode
+            .prepare::<C>([a.node(), b.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (a, b, bias) = (
+            a.into_primitive(),
+            b.into_primitive(),
+            bias.into_primitive(),
+        );
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::qkv_matmul_bias(a.clone(), b.clone(), bias);
+                prep.finish((a, b), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qkv_matmul_bias(a, b, bias)),
         }
     }
 }
@@ -268,19 +414,97 @@ mod tests {
         }
     }
 
-    /// `linear` is `Linear::forward` on rows, with and without a bias.
+    /// `linear` is `Linear::forward` on rows, with and without a bias, in values and in the
+    /// gradients of the input, the weight and the bias: on Flex (the folded bias, whose
+    /// gradient is summed beside the two products) and on NdArray (Burn's ops), with `dC`
+    /// arriving row-major and as a transposed view (the output read transposed downstream),
+    /// at shapes that leave partial tiles and one that runs on both threads.
     #[test]
-    fn linear_is_burns_linear() {
-        let device = qkv_test_support::flex();
-        for bias in [true, false] {
-            let layer = burn::nn::LinearConfig::new(24, 10)
-                .with_bias(bias)
-                .init(&device);
-            let x = random_tensor(&mut SeededRng::new(4), [13, 24], 1.0, &device);
-            let got = values(linear(&layer, x.clone()));
-            let want = values(layer.forward(x));
-            assert_rel_close(&got, &want, 1e-5, "linear against Linear::forward");
+    fn linear_matches_burns_linear_values_and_gradients() {
+        let devices = [
+            qkv_test_support::flex().autodiff(),
+            qkv_test_support::ndarray().autodiff(),
+        ];
+        for device in devices {
+            for (rows, d_in, d_out, bias) in [
+                (13, 24, 10, true),
+                (13, 24, 10, false),
+                (70, 129, 33, true),
+                (1, 40, 65, true),
+                (300, 128, 384, true),
+            ] {
+                for transposed_dc in [false, true] {
+                    let mut rng = SeededRng::new((rows * d_in + d_out) as u64);
+                    let layer = burn::nn::LinearConfig::new(d_in, d_out)
+                        .with_bias(bias)
+                        .init(&device);
+                    let x = random_tensor(&mut rng, [rows, d_in], 1.0, &device).require_grad();
+                    let w_out = random_tensor(&mut rng, [d_out, rows], 1.0, &device);
+                    // A loss whose gradient is not uniform, so every dbias entry differs.
+                    let run = |y: Tensor<2>| {
+                        let loss = if transposed_dc {
+                            (y.clone().transpose() * w_out.clone()).sum()
+                        } else {
+                            (y.clone() * w_out.clone().transpose()).sum()
+                        };
+                        let grads = loss.backward();
+                        let mut all = vec![
+                            values(y),
+                            values(x.grad(&grads).expect("x is tracked")),
+                            values(layer.weight.val().grad(&grads).expect("weight")),
+                        ];
+                        if let Some(b) = &layer.bias {
+                            all.push(values(b.val().grad(&grads).expect("bias")));
+                        }
+                        all
+                    };
+                    let got = run(linear(&layer, x.clone()));
+                    let want = run(layer.forward(x.clone()));
+                    for (what, (g, w)) in ["values", "dx", "dweight", "dbias"]
+                        .iter()
+                        .zip(got.iter().zip(&want))
+                    {
+                        let case = format!(
+                            "linear {rows}x{d_in} -> {d_out}, bias {bias}, dC transposed \
+                             {transposed_dc}: {what}"
+                        );
+                        assert_rel_close(g, w, 1e-5, &case);
+                    }
+                }
+            }
         }
+    }
+
+    /// The folded bias on its own: without autodiff, `matmul_bias` is the product plus the
+    /// bias on every row, including the one-thread and the parallel fill of the output, and a
+    /// bias of the wrong length is refused.
+    #[test]
+    fn matmul_bias_adds_the_bias_to_every_row() {
+        let device = qkv_test_support::flex();
+        for (m, k, n) in [(5, 7, 3), (1200, 16, 256)] {
+            let mut rng = SeededRng::new((m + k + n) as u64);
+            let a = random_tensor(&mut rng, [m, k], 1.0, &device);
+            let b = random_tensor(&mut rng, [k, n], 1.0, &device);
+            let bias = random_tensor(&mut rng, [n], 1.0, &device);
+            let got = values(matmul_bias(a.clone(), b.clone(), bias.clone()));
+            let want = values(a.matmul(b) + bias.unsqueeze::<2>());
+            assert_rel_close(&got, &want, 1e-5, &format!("matmul_bias {m}x{k}x{n}"));
+        }
+        let refused = std::panic::catch_unwind(|| {
+            matmul_bias(
+                Tensor::<2>::zeros([2, 3], &device),
+                Tensor::<2>::zeros([3, 4], &device),
+                Tensor::<1>::zeros([3], &device),
+            )
+        });
+        let message = refused.expect_err("a 3-long bias on 4 columns must be refused");
+        let message = message
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert!(
+            message.contains("one value per output column (4)"),
+            "{message}"
+        );
     }
 
     /// Mismatched inner dimensions are refused with both shapes named.

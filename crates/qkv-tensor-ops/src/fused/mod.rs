@@ -3,7 +3,7 @@
 //! ([`flash_attention`]), a linear layer's bias with the GELU after it ([`bias_gelu()`]), the
 //! residual add with the LayerNorm that reads it ([`add_layer_norm`]), the softmax
 //! cross-entropy of the LM head ([`cross_entropy`]), and the matrix product of a linear layer
-//! ([`matmul`], [`linear`]) on `qkv-gemm`.
+//! ([`matmul`], [`linear`], [`matmul_bias`]) on `qkv-gemm`, the bias folded into the product.
 //!
 //! Written the obvious way, each of these is a chain of small tensor ops: a LayerNorm is nine
 //! on the forward pass and about twenty on the backward pass, each with its own output buffer
@@ -53,7 +53,7 @@ pub use bias_gelu::{bias_gelu, bias_gelu_explicit};
 use burn::backend::Dispatch;
 pub use kernels::AdamWStep;
 pub use loss::{cross_entropy, cross_entropy_explicit};
-pub use matmul::{linear, matmul};
+pub use matmul::{linear, matmul, matmul_bias};
 pub use residual::{add_layer_norm, add_layer_norm_explicit};
 
 /// Whether the fused kernels serve tensors on `device` with dtype `dtype`: Flex (with or
