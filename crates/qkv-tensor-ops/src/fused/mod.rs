@@ -39,6 +39,7 @@ pub mod gpu_rows;
 pub mod kernels;
 pub mod loss;
 pub mod matmul;
+mod nodes;
 pub mod residual;
 pub mod tile_matmul;
 

@@ -18,7 +18,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 
-use super::backend::{FusedBackward, LayerNormNode, contiguous, elems, tensor};
+use super::backend::{FusedBackward, contiguous, elems, tensor};
+use super::nodes::LayerNormNode;
 use super::{half_dtype, has_fused_kernels, kernels, layer_norm, layer_norm_explicit, to_f32};
 
 /// `(x + branch, LayerNorm(x + branch))`: the residual stream after a sub-layer and its
