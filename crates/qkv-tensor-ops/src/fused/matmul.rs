@@ -262,38 +262,20 @@ impl FusedMatmulBackward for Flex {
     }
 }
 
-/// The op's autodiff node: keeps both operands (shared buffers).
+/// The autodiff node of the product (`N = 2` parents: `a`, `b`) and of the biased product
+/// (`N = 3`: `a`, `b`, `bias`): keeps both operands (shared buffers); the bias itself is not
+/// needed for any gradient.
 #[derive(Debug)]
-struct MatmulNode;
+struct MatmulNode<const N: usize>;
 
-impl<B: FusedMatmulBackward> Backward<B, 2> for MatmulNode {
+impl<B: FusedMatmulBackward, const N: usize> Backward<B, N> for MatmulNode<N> {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dc = grads.consume::<B>(&ops.node);
         let (a, b) = ops.state;
-        let want = [ops.parents[0].is_some(), ops.parents[1].is_some(), false];
-        let grads_out = B::qkv_matmul_backward(a, b, dc, want);
-        for (node, grad) in ops.parents.into_iter().zip(grads_out) {
-            if let (Some(node), Some(grad)) = (node, grad) {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
-/// The biased op's autodiff node: keeps both operands (shared buffers); the bias itself is
-/// not needed for any gradient.
-#[derive(Debug)]
-struct MatmulBiasNode;
-
-impl<B: FusedMatmulBackward> Backward<B, 3> for MatmulBiasNode {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dc = grads.consume::<B>(&ops.node);
-        let (a, b) = ops.state;
-        let want = ops.parents.each_ref().map(Option::is_some);
+        // A parent that is absent (the bias of the unbiased product) wants no gradient.
+        let want = std::array::from_fn(|i| ops.parents.get(i).is_some_and(Option::is_some));
         let grads_out = B::qkv_matmul_backward(a, b, dc, want);
         for (node, grad) in ops.parents.into_iter().zip(grads_out) {
             if let (Some(node), Some(grad)) = (node, grad) {
@@ -305,7 +287,7 @@ impl<B: FusedMatmulBackward> Backward<B, 3> for MatmulBiasNode {
 
 impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul for Autodiff<B, C> {
     fn qkv_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = MatmulNode
+        let prep = MatmulNode::<2>
             .prepare::<C>([a.node(), b.node()])
             .compute_bound()
             .stateful();
@@ -324,7 +306,7 @@ impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul fo
         b: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let prep = MatmulBiasNode
+        let prep = MatmulNode::<3>
             .prepare::<C>([a.node(), b.node(), bias.node()])
             .compute_bound()
             .stateful();
