@@ -311,7 +311,9 @@ pub fn sync(device: &Device) {
 /// The machine a benchmark ran on, for reports: CPU model, cores, threads and GPU adapter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineInfo {
-    /// The CPU model name (from `/proc/cpuinfo` on Linux; "unknown" elsewhere).
+    /// The CPU model name, with its family and model numbers where `/proc/cpuinfo` gives them
+    /// (a virtual machine may name only the brand, as in `AMD EPYC (family 25, model 17)`);
+    /// "unknown" off Linux.
     pub cpu: String,
     /// Logical CPUs the operating system reports.
     pub logical_cpus: usize,
@@ -330,12 +332,7 @@ impl MachineInfo {
     pub fn detect() -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|m| m.trim().to_string())
-            })
+            .and_then(|s| describe_cpu(&s))
             .unwrap_or_else(|| "unknown".into());
         let logical_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = std::env::var("RAYON_NUM_THREADS")
@@ -351,6 +348,25 @@ impl MachineInfo {
             simd: simd_level(),
         }
     }
+}
+
+/// The first CPU of a `/proc/cpuinfo` text: its model name, followed by `(family F, model M)`
+/// when both numbers are there (two CPUs of one brand name can differ in generation and in
+/// SIMD units); `None` without a model name.
+fn describe_cpu(cpuinfo: &str) -> Option<String> {
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name")?;
+    Some(match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!("{name} (family {family}, model {model})"),
+        _ => name,
+    })
 }
 
 /// The widest SIMD level run-time detection finds (see [`MachineInfo::simd`]).
@@ -380,6 +396,24 @@ fn simd_level() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_description_names_family_and_model() {
+        let two_cpus = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\
+                        model\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n\
+                        processor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\n\
+                        model name\t: Other\n";
+        assert_eq!(
+            describe_cpu(two_cpus).as_deref(),
+            Some("AMD EPYC (family 25, model 17)")
+        );
+        let name_only = "processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\n";
+        assert_eq!(
+            describe_cpu(name_only).as_deref(),
+            Some("Some CPU @ 2.0GHz")
+        );
+        assert_eq!(describe_cpu("processor\t: 0\nBogoMIPS\t: 100\n"), None);
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_say_what_to_do() {

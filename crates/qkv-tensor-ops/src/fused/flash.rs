@@ -4,9 +4,10 @@
 //! probabilities are never written out. The forward pass keeps one number per query, the
 //! log-sum-exp of its scores; the backward pass recomputes each tile's probabilities from it.
 //!
-//! Heads are read in place: q, k and v are described by a [`HeadLayout`] (offset and strides
-//! into their storage), so the `[batch, seq, n_heads, d_head]` output of a projection is read
-//! without first being transposed into `[batch, n_heads, seq, d_head]`. Outputs and gradients
+//! Heads are read in place: q, k and v (and, in the backward pass, the output and its
+//! gradient) are described by a [`HeadLayout`] (offset and strides into their storage), so the
+//! `[batch, seq, n_heads, d_head]` output of a projection is read without first being
+//! transposed into `[batch, n_heads, seq, d_head]` or copied head by head. Outputs and gradients
 //! are written in `[batch, seq, n_heads, d_head]` order, which the output projection reads
 //! back without a copy.
 //!
@@ -193,7 +194,7 @@ pub fn forward(
         .enumerate()
         .for_each(|(bh, out)| {
             let (b, h) = (bh / p.n_heads, bh % p.n_heads);
-            transpose_tiles(&gather(k, b, h, p.seq_k, 1.0), p.d_head, out);
+            transpose_tiles(k, b, h, p.seq_k, out);
         });
     let blocks = p.seq_q.div_ceil(BLOCK_Q);
     let tasks: Vec<(usize, usize, usize)> = (0..p.batch)
@@ -220,29 +221,31 @@ pub fn forward(
         })
         .collect();
 
+    // Each sequence's part of the output, `[seq_q, n_heads, d_head]`, is filled by one task
+    // from the blocks of its heads (tasks are in (b, h, block) order).
+    let per_batch = p.n_heads * blocks;
     let mut out = vec![0.0; p.batch * p.seq_q * p.n_heads * p.d_head];
-    let mut lse = vec![0.0; p.batch * p.n_heads * p.seq_q];
-    for (&(b, h, blk), (block_out, block_lse)) in tasks.iter().zip(&results) {
-        let i0 = blk * BLOCK_Q;
-        scatter_head(p, p.seq_q, (b, h, i0), block_out, &mut out);
-        let at = (b * p.n_heads + h) * p.seq_q + i0;
-        lse[at..at + block_lse.len()].copy_from_slice(block_lse);
+    out.par_chunks_mut((p.seq_q * p.n_heads * p.d_head).max(1))
+        .zip(results.par_chunks(per_batch.max(1)))
+        .for_each(|(all, blocks_of_b)| {
+            for (t, (block_out, _)) in blocks_of_b.iter().enumerate() {
+                let (h, blk) = (t / blocks, t % blocks);
+                scatter_head(p, (h, blk * BLOCK_Q), block_out, all);
+            }
+        });
+    let mut lse = Vec::with_capacity(p.batch * p.n_heads * p.seq_q);
+    for (_, block_lse) in &results {
+        lse.extend_from_slice(block_lse);
     }
     (out, lse)
 }
 
-/// Writes `rows` (`[n, d_head]`, rows `first..first + n` of head `(b, h)`) into `all`, a
-/// `[batch, seq, n_heads, d_head]` buffer.
-fn scatter_head(
-    p: &FlashProblem,
-    seq: usize,
-    (b, h, first): (usize, usize, usize),
-    rows: &[f32],
-    all: &mut [f32],
-) {
+/// Writes `rows` (`[n, d_head]`, rows `first..first + n` of head `h`) into `all`, one
+/// sequence's `[seq, n_heads, d_head]` part of a `[batch, seq, n_heads, d_head]` buffer.
+fn scatter_head(p: &FlashProblem, (h, first): (usize, usize), rows: &[f32], all: &mut [f32]) {
     let d = p.d_head;
     for (r, row) in rows.chunks_exact(d).enumerate() {
-        let at = ((b * seq + first + r) * p.n_heads + h) * d;
+        let at = ((first + r) * p.n_heads + h) * d;
         all[at..at + d].copy_from_slice(row);
     }
 }
@@ -414,11 +417,16 @@ pub fn backward(
         })
         .collect();
 
+    // One task per sequence writes its heads' rows (`results` is in (b, h) order).
     let scatter = |seq: usize, which: usize| {
         let mut all = vec![0.0; p.batch * seq * p.n_heads * p.d_head];
-        for (&(b, h), grads) in heads.iter().zip(&results) {
-            scatter_head(p, seq, (b, h, 0), &grads[which], &mut all);
-        }
+        all.par_chunks_mut((seq * p.n_heads * p.d_head).max(1))
+            .zip(results.par_chunks(p.n_heads.max(1)))
+            .for_each(|(all, grads_of_b)| {
+                for (h, grads) in grads_of_b.iter().enumerate() {
+                    scatter_head(p, (h, 0), &grads[which], all);
+                }
+            });
         all
     };
     FlashGrads {
@@ -443,9 +451,10 @@ struct BackwardHead<'a> {
     h: usize,
 }
 
-/// Copies rows `0..seq` of head `(b, h)` into a contiguous `[seq, d]` buffer, times `factor`.
-fn gather(x: (&[f32], HeadLayout), b: usize, h: usize, seq: usize, factor: f32) -> Vec<f32> {
-    gather_rows(x, b, h, 0..seq, factor)
+/// Head `(b, h)` of `x` in place: its storage from row 0 on, and the distance between its
+/// rows (row `s` starts at `s · stride`).
+fn head_rows(x: (&[f32], HeadLayout), b: usize, h: usize) -> (&[f32], usize) {
+    (&x.0[x.1.row(b, h, 0)..], x.1.strides[2])
 }
 
 /// Copies rows `rows` of head `(b, h)` into a contiguous buffer, times `factor`.
@@ -465,17 +474,19 @@ fn gather_rows(
     out
 }
 
-/// The transpose of each tile of [`BLOCK_K`] rows of `x` (`[seq, d]`): tile `t` is written
-/// to `out[t·d·BLOCK_K..]` as `[d, BLOCK_K]` (a partial last tile keeps the row stride
-/// `BLOCK_K`). Contiguous tiles keep a product's rows out of the 4 KiB-strided pattern that
-/// one `[d, seq]` transpose would give, which thrashes L1 sets.
-fn transpose_tiles(x: &[f32], d: usize, out: &mut [f32]) {
-    for (t, tile) in x.chunks(BLOCK_K * d).enumerate() {
+/// The transpose of each tile of [`BLOCK_K`] rows of head `(b, h)` of `x` (rows `0..seq`,
+/// read in place): tile `t` is written to `out[t·d·BLOCK_K..]` as `[d, BLOCK_K]` (a partial
+/// last tile keeps the row stride `BLOCK_K`; its unused columns are left as they are).
+/// Contiguous tiles keep a product's rows out of the 4 KiB-strided pattern that one
+/// `[d, seq]` transpose would give, which thrashes L1 sets.
+fn transpose_tiles(x: (&[f32], HeadLayout), b: usize, h: usize, seq: usize, out: &mut [f32]) {
+    let d = x.1.shape[3];
+    let (rows, stride) = head_rows(x, b, h);
+    for s in 0..seq {
+        let (t, c) = (s / BLOCK_K, s % BLOCK_K);
         let dst = &mut out[t * d * BLOCK_K..(t + 1) * d * BLOCK_K];
-        for (c, row) in tile.chunks_exact(d).enumerate() {
-            for (i, &y) in row.iter().enumerate() {
-                dst[i * BLOCK_K + c] = y;
-            }
+        for (i, &y) in rows[s * stride..s * stride + d].iter().enumerate() {
+            dst[i * BLOCK_K + c] = y;
         }
     }
 }
@@ -498,19 +509,21 @@ impl WithSimd for BackwardHead<'_> {
             h,
         } = self;
         let (d, seq_q, seq_k) = (p.d_head, p.seq_q, p.seq_k);
-        let qs = gather(q, b, h, seq_q, p.scale);
-        let kc = gather(k, b, h, seq_k, 1.0);
-        let o = gather(out, b, h, seq_q, 1.0);
-        let dout = gather(dout, b, h, seq_q, 1.0);
+        // q, k, o and dO are read in place (row `s` of a head at `s · stride`); the scale is
+        // applied to the scores and, once at the end, to dQ and dK.
+        let (q, q_ld) = head_rows(q, b, h);
+        let (kc, k_ld) = head_rows(k, b, h);
+        let (o, o_ld) = head_rows(out, b, h);
+        let (dout, do_ld) = head_rows(dout, b, h);
         // Kᵀ and Vᵀ in tiles (see `transpose_tiles`).
         let tiled = seq_k.div_ceil(BLOCK_K) * d * BLOCK_K;
         let mut kt = vec![0.0; tiled];
-        transpose_tiles(&kc, d, &mut kt);
+        transpose_tiles(k, b, h, seq_k, &mut kt);
         let mut vt = vec![0.0; tiled];
-        transpose_tiles(&gather(v, b, h, seq_k, 1.0), d, &mut vt);
+        transpose_tiles(v, b, h, seq_k, &mut vt);
         // D_i = dO_i · O_i, the softmax backward's row term.
         let delta: Vec<f32> = (0..seq_q)
-            .map(|i| dot(&dout[i * d..(i + 1) * d], &o[i * d..(i + 1) * d]))
+            .map(|i| dot(&dout[i * do_ld..i * do_ld + d], &o[i * o_ld..i * o_ld + d]))
             .collect();
 
         let mut dq = vec![0.0f32; seq_q * d];
@@ -530,12 +543,12 @@ impl WithSimd for BackwardHead<'_> {
         for i0 in (0..seq_q).step_by(BLOCK_Q) {
             let i1 = (i0 + BLOCK_Q).min(seq_q);
             let rows = i1 - i0;
-            let q_blk = &qs[i0 * d..i1 * d];
-            let do_blk = &dout[i0 * d..i1 * d];
+            let q_blk = &q[i0 * q_ld..];
+            let do_blk = &dout[i0 * do_ld..];
             let key_end = p.key_end(i1);
             for j0 in (0..key_end).step_by(BLOCK_K) {
                 let w = (j0 + BLOCK_K).min(key_end) - j0;
-                // P = exp(S − lse), recomputed.
+                // P = exp(scale · Q·Kᵀ − lse), recomputed.
                 let pr = &mut probs[..rows * w];
                 pr.fill(0.0);
                 let tile = j0 * d..(j0 + BLOCK_K) * d;
@@ -545,7 +558,7 @@ impl WithSimd for BackwardHead<'_> {
                     w,
                     d,
                     q_blk,
-                    d,
+                    q_ld,
                     &kt[tile.clone()],
                     BLOCK_K,
                     pr,
@@ -561,7 +574,7 @@ impl WithSimd for BackwardHead<'_> {
                     }
                     hide(row, seen, hidden.map(|m| &m[j0..j0 + w]));
                     for x in row.iter_mut() {
-                        let e = exp(*x - l);
+                        let e = exp(*x * p.scale - l);
                         *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
                     }
                 }
@@ -579,11 +592,11 @@ impl WithSimd for BackwardHead<'_> {
                     None => pr,
                 };
                 // dV += (P∘Z)ᵀ·dO
-                matmul_acc_at(simd, w, d, rows, pz, w, do_blk, d, &mut dv[j0 * d..], d);
+                matmul_acc_at(simd, w, d, rows, pz, w, do_blk, do_ld, &mut dv[j0 * d..], d);
                 // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
                 let ds = &mut dprobs[..rows * w];
                 ds.fill(0.0);
-                matmul_acc(simd, rows, w, d, do_blk, d, &vt[tile], BLOCK_K, ds, w);
+                matmul_acc(simd, rows, w, d, do_blk, do_ld, &vt[tile], BLOCK_K, ds, w);
                 // dP = (dO·Vᵀ)∘Z; D_i = dO_i·O_i holds with dropout too (O = (P∘Z)·V).
                 for r in 0..rows {
                     let row = &mut ds[r * w..(r + 1) * w];
@@ -595,7 +608,7 @@ impl WithSimd for BackwardHead<'_> {
                         *g = pv * (*g - dl);
                     }
                 }
-                // dQ += dS·K (the scale is applied once at the end); dK += dSᵀ·(scale·Q).
+                // dQ += dS·K and dK += dSᵀ·Q (the scale is applied once at the end).
                 matmul_acc(
                     simd,
                     rows,
@@ -603,15 +616,16 @@ impl WithSimd for BackwardHead<'_> {
                     w,
                     ds,
                     w,
-                    &kc[j0 * d..],
-                    d,
+                    &kc[j0 * k_ld..],
+                    k_ld,
                     &mut dq[i0 * d..],
                     d,
                 );
-                matmul_acc_at(simd, w, d, rows, ds, w, q_blk, d, &mut dk[j0 * d..], d);
+                matmul_acc_at(simd, w, d, rows, ds, w, q_blk, q_ld, &mut dk[j0 * d..], d);
             }
         }
         dq.iter_mut().for_each(|g| *g *= p.scale);
+        dk.iter_mut().for_each(|g| *g *= p.scale);
         [dq, dk, dv]
     }
 }
