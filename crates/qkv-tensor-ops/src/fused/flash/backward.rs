@@ -72,23 +72,28 @@ pub fn backward(
         })
         .collect();
 
-    // One task per sequence writes its heads' rows (`results` is in (b, h) order).
-    let scatter = |seq: usize, which: usize| {
-        let mut all = vec![0.0; p.batch * seq * p.n_heads * p.d_head];
-        all.par_chunks_mut((seq * p.n_heads * p.d_head).max(1))
-            .zip(results.par_chunks(p.n_heads.max(1)))
-            .for_each(|(all, grads_of_b)| {
-                for (h, grads) in grads_of_b.iter().enumerate() {
-                    scatter_head(p, (h, 0), &grads[which], all);
-                }
-            });
-        all
-    };
-    FlashGrads {
-        dq: scatter(p.seq_q, 0),
-        dk: scatter(p.seq_k, 1),
-        dv: scatter(p.seq_k, 2),
-    }
+    // One pass, one task per sequence, writes its heads' rows of all three gradients
+    // (`results` is in (b, h) order). Where a dimension is empty the zip has no chunks, and
+    // every gradient is then zero or empty, which the zero-filled buffers already hold.
+    let len = |seq: usize| p.batch * seq * p.n_heads * p.d_head;
+    let per_seq = |seq: usize| (seq * p.n_heads * p.d_head).max(1);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0.0; len(p.seq_q)],
+        vec![0.0; len(p.seq_k)],
+        vec![0.0; len(p.seq_k)],
+    );
+    dq.par_chunks_mut(per_seq(p.seq_q))
+        .zip(dk.par_chunks_mut(per_seq(p.seq_k)))
+        .zip(dv.par_chunks_mut(per_seq(p.seq_k)))
+        .zip(results.par_chunks(p.n_heads.max(1)))
+        .for_each(|(((dq, dk), dv), grads_of_b)| {
+            for (h, [gq, gk, gv]) in grads_of_b.iter().enumerate() {
+                scatter_head(p, (h, 0), gq, dq);
+                scatter_head(p, (h, 0), gk, dk);
+                scatter_head(p, (h, 0), gv, dv);
+            }
+        });
+    FlashGrads { dq, dk, dv }
 }
 
 /// Every query block against every key tile of one head; returns `[dq, dk, dv]`, each
