@@ -168,80 +168,96 @@ impl WithSimd for BackwardHead<'_> {
             let key_end = p.key_end(i1);
             for j0 in (0..key_end).step_by(BLOCK_K) {
                 let w = (j0 + BLOCK_K).min(key_end) - j0;
-                // P = exp(scale · Q·Kᵀ − lse), recomputed.
-                let pr = &mut probs[..rows * w];
-                pr.fill(0.0);
                 let tile = j0 * d..(j0 + BLOCK_K) * d;
-                matmul_acc(
-                    simd,
-                    rows,
-                    w,
-                    d,
-                    q_blk,
-                    q_ld,
-                    &kt[tile.clone()],
-                    BLOCK_K,
-                    pr,
-                    w,
-                );
-                for r in 0..rows {
-                    let row = &mut pr[r * w..(r + 1) * w];
-                    let seen = p.visible(i0 + r).saturating_sub(j0).min(w);
-                    let l = lse[i0 + r];
-                    if l == f32::INFINITY {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    hide(row, seen, hidden.map(|m| &m[j0..j0 + w]));
-                    for x in row.iter_mut() {
-                        let e = exp(*x * p.scale - l);
-                        *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
-                    }
-                }
-                // With dropout, the values saw P∘Z (Z: the mask over 1 − prob).
-                let pz: &[f32] = match &p.dropout {
-                    Some(drop) => {
-                        let pz = &mut dropped[..rows * w];
-                        pz.copy_from_slice(pr);
-                        for r in 0..rows {
-                            let first = p.prob_index(b, h, i0 + r, j0);
-                            drop.apply(&mut pz[r * w..(r + 1) * w], first);
+                for (c0, c1, wn) in p.row_chunks(i0, rows, j0, w) {
+                    let n = c1 - c0;
+                    let q_c = &q_blk[c0 * q_ld..];
+                    let do_c = &do_blk[c0 * do_ld..];
+                    // P = exp(scale · Q·Kᵀ − lse), recomputed.
+                    let pr = &mut probs[..n * wn];
+                    pr.fill(0.0);
+                    matmul_acc(
+                        simd,
+                        n,
+                        wn,
+                        d,
+                        q_c,
+                        q_ld,
+                        &kt[tile.clone()],
+                        BLOCK_K,
+                        pr,
+                        wn,
+                    );
+                    for r in c0..c1 {
+                        let row = &mut pr[(r - c0) * wn..(r - c0 + 1) * wn];
+                        let seen = p.visible(i0 + r).saturating_sub(j0).min(wn);
+                        let l = lse[i0 + r];
+                        if l == f32::INFINITY {
+                            row.fill(0.0);
+                            continue;
                         }
-                        pz
+                        hide(row, seen, hidden.map(|m| &m[j0..j0 + wn]));
+                        for x in row.iter_mut() {
+                            let e = exp(*x * p.scale - l);
+                            *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+                        }
                     }
-                    None => pr,
-                };
-                // dV += (P∘Z)ᵀ·dO
-                matmul_acc_at(simd, w, d, rows, pz, w, do_blk, do_ld, &mut dv[j0 * d..], d);
-                // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
-                let ds = &mut dprobs[..rows * w];
-                ds.fill(0.0);
-                matmul_acc(simd, rows, w, d, do_blk, do_ld, &vt[tile], BLOCK_K, ds, w);
-                // dP = (dO·Vᵀ)∘Z; D_i = dO_i·O_i holds with dropout too (O = (P∘Z)·V).
-                for r in 0..rows {
-                    let row = &mut ds[r * w..(r + 1) * w];
-                    if let Some(drop) = &p.dropout {
-                        drop.apply(row, p.prob_index(b, h, i0 + r, j0));
+                    // With dropout, the values saw P∘Z (Z: the mask over 1 − prob).
+                    let pz: &[f32] = match &p.dropout {
+                        Some(drop) => {
+                            let pz = &mut dropped[..n * wn];
+                            pz.copy_from_slice(pr);
+                            for r in c0..c1 {
+                                let first = p.prob_index(b, h, i0 + r, j0);
+                                drop.apply(&mut pz[(r - c0) * wn..(r - c0 + 1) * wn], first);
+                            }
+                            pz
+                        }
+                        None => pr,
+                    };
+                    // dV += (P∘Z)ᵀ·dO
+                    matmul_acc_at(simd, wn, d, n, pz, wn, do_c, do_ld, &mut dv[j0 * d..], d);
+                    // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place.
+                    let ds = &mut dprobs[..n * wn];
+                    ds.fill(0.0);
+                    matmul_acc(
+                        simd,
+                        n,
+                        wn,
+                        d,
+                        do_c,
+                        do_ld,
+                        &vt[tile.clone()],
+                        BLOCK_K,
+                        ds,
+                        wn,
+                    );
+                    // dP = (dO·Vᵀ)∘Z; D_i = dO_i·O_i holds with dropout too (O = (P∘Z)·V).
+                    for r in c0..c1 {
+                        let row = &mut ds[(r - c0) * wn..(r - c0 + 1) * wn];
+                        if let Some(drop) = &p.dropout {
+                            drop.apply(row, p.prob_index(b, h, i0 + r, j0));
+                        }
+                        let dl = delta[i0 + r];
+                        for (g, &pv) in row.iter_mut().zip(&pr[(r - c0) * wn..]) {
+                            *g = pv * (*g - dl);
+                        }
                     }
-                    let dl = delta[i0 + r];
-                    for (g, &pv) in row.iter_mut().zip(&pr[r * w..]) {
-                        *g = pv * (*g - dl);
-                    }
+                    // dQ += dS·K and dK += dSᵀ·Q (the scale is applied once at the end).
+                    matmul_acc(
+                        simd,
+                        n,
+                        d,
+                        wn,
+                        ds,
+                        wn,
+                        &kc[j0 * k_ld..],
+                        k_ld,
+                        &mut dq[(i0 + c0) * d..],
+                        d,
+                    );
+                    matmul_acc_at(simd, wn, d, n, ds, wn, q_c, q_ld, &mut dk[j0 * d..], d);
                 }
-                // dQ += dS·K and dK += dSᵀ·Q (the scale is applied once at the end).
-                matmul_acc(
-                    simd,
-                    rows,
-                    d,
-                    w,
-                    ds,
-                    w,
-                    &kc[j0 * k_ld..],
-                    k_ld,
-                    &mut dq[i0 * d..],
-                    d,
-                );
-                matmul_acc_at(simd, w, d, rows, ds, w, q_blk, q_ld, &mut dk[j0 * d..], d);
             }
         }
         dq.iter_mut().for_each(|g| *g *= p.scale);
