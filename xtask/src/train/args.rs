@@ -148,48 +148,39 @@ pub struct TrainArgs {
     dtype: Option<Precision>,
 }
 
-/// Flags that only one task takes, and why the other rejects them.
-pub const TASK_ONLY: [(&str, TaskFlag); 13] = [
-    ("--translation", TaskFlag::Translate),
-    ("--label-smoothing", TaskFlag::Translate),
-    ("--eval-sentences", TaskFlag::Translate),
-    ("--preset", TaskFlag::Lm),
-    ("--config", TaskFlag::Lm),
-    ("--data", TaskFlag::Lm),
-    ("--tokenizer", TaskFlag::Lm),
-    ("--bpe-vocab", TaskFlag::Lm),
-    ("--grad-accum", TaskFlag::Lm),
-    ("--lr-decay-iters", TaskFlag::Lm),
-    ("--eval-iters", TaskFlag::Lm),
-    ("--block-size", TaskFlag::Lm),
-    ("--dtype", TaskFlag::Lm),
+/// Whether a flag was given on the command line.
+type Given = fn(&TrainArgs) -> bool;
+
+/// Flags that only one task takes: the flag, its task, and whether it was given.
+pub const TASK_ONLY: [(&str, TaskFlag, Given); 13] = [
+    ("--translation", TaskFlag::Translate, |a| {
+        a.translation.is_some()
+    }),
+    ("--label-smoothing", TaskFlag::Translate, |a| {
+        a.label_smoothing.is_some()
+    }),
+    ("--eval-sentences", TaskFlag::Translate, |a| {
+        a.eval_sentences.is_some()
+    }),
+    ("--preset", TaskFlag::Lm, |a| a.preset.is_some()),
+    ("--config", TaskFlag::Lm, |a| a.config.is_some()),
+    ("--data", TaskFlag::Lm, |a| a.data.is_some()),
+    ("--tokenizer", TaskFlag::Lm, |a| a.tokenizer.is_some()),
+    ("--bpe-vocab", TaskFlag::Lm, |a| a.bpe_vocab.is_some()),
+    ("--grad-accum", TaskFlag::Lm, |a| a.grad_accum.is_some()),
+    ("--lr-decay-iters", TaskFlag::Lm, |a| {
+        a.lr_decay_iters.is_some()
+    }),
+    ("--eval-iters", TaskFlag::Lm, |a| a.eval_iters.is_some()),
+    ("--block-size", TaskFlag::Lm, |a| a.block_size.is_some()),
+    ("--dtype", TaskFlag::Lm, |a| a.dtype.is_some()),
 ];
 
 impl TrainArgs {
-    /// Whether a flag of [`TASK_ONLY`] was given.
-    fn given(&self, flag: &str) -> bool {
-        match flag {
-            "--translation" => self.translation.is_some(),
-            "--label-smoothing" => self.label_smoothing.is_some(),
-            "--eval-sentences" => self.eval_sentences.is_some(),
-            "--preset" => self.preset.is_some(),
-            "--config" => self.config.is_some(),
-            "--data" => self.data.is_some(),
-            "--tokenizer" => self.tokenizer.is_some(),
-            "--bpe-vocab" => self.bpe_vocab.is_some(),
-            "--grad-accum" => self.grad_accum.is_some(),
-            "--lr-decay-iters" => self.lr_decay_iters.is_some(),
-            "--eval-iters" => self.eval_iters.is_some(),
-            "--block-size" => self.block_size.is_some(),
-            "--dtype" => self.dtype.is_some(),
-            other => unreachable!("{other} is not in TASK_ONLY"),
-        }
-    }
-
     /// Rejects the flags of the other task, naming them.
     pub(super) fn check_task_flags(&self) -> Result<()> {
-        for (flag, only) in TASK_ONLY {
-            if only != self.task && self.given(flag) {
+        for (flag, only, given) in TASK_ONLY {
+            if only != self.task && given(self) {
                 let (this, that) = match self.task {
                     TaskFlag::Lm => ("lm", "translate"),
                     TaskFlag::Translate => ("translate", "lm"),

@@ -188,8 +188,7 @@ impl WithSimd for BackwardHead<'_> {
                         pr,
                         wn,
                     );
-                    for r in c0..c1 {
-                        let row = &mut pr[(r - c0) * wn..(r - c0 + 1) * wn];
+                    for (r, row) in (c0..c1).zip(pr.chunks_exact_mut(wn)) {
                         let seen = p.visible(i0 + r).saturating_sub(j0).min(wn);
                         let l = lse[i0 + r];
                         if l == f32::INFINITY {
@@ -207,9 +206,8 @@ impl WithSimd for BackwardHead<'_> {
                         Some(drop) => {
                             let pz = &mut dropped[..n * wn];
                             pz.copy_from_slice(pr);
-                            for r in c0..c1 {
-                                let first = p.prob_index(b, h, i0 + r, j0);
-                                drop.apply(&mut pz[(r - c0) * wn..(r - c0 + 1) * wn], first);
+                            for (r, row) in (c0..c1).zip(pz.chunks_exact_mut(wn)) {
+                                drop.apply(row, p.prob_index(b, h, i0 + r, j0));
                             }
                             pz
                         }
@@ -233,13 +231,13 @@ impl WithSimd for BackwardHead<'_> {
                         wn,
                     );
                     // dP = (dO·Vᵀ)∘Z; D_i = dO_i·O_i holds with dropout too (O = (P∘Z)·V).
-                    for r in c0..c1 {
-                        let row = &mut ds[(r - c0) * wn..(r - c0 + 1) * wn];
+                    let rows_of = ds.chunks_exact_mut(wn).zip(pr.chunks_exact(wn));
+                    for (r, (row, p_row)) in (c0..c1).zip(rows_of) {
                         if let Some(drop) = &p.dropout {
                             drop.apply(row, p.prob_index(b, h, i0 + r, j0));
                         }
                         let dl = delta[i0 + r];
-                        for (g, &pv) in row.iter_mut().zip(&pr[(r - c0) * wn..]) {
+                        for (g, &pv) in row.iter_mut().zip(p_row) {
                             *g = pv * (*g - dl);
                         }
                     }

@@ -333,8 +333,7 @@ impl WithSimd for ForwardBlock<'_> {
                 let s = &mut scores[..n * wn];
                 s.fill(0.0);
                 matmul_acc(simd, n, wn, d, &qs[c0 * d..], d, tile, BLOCK_K, s, wn);
-                for r in c0..c1 {
-                    let row = &mut s[(r - c0) * wn..(r - c0 + 1) * wn];
+                for (r, row) in (c0..c1).zip(s.chunks_exact_mut(wn)) {
                     let seen = p.visible(i0 + r).saturating_sub(j0).min(wn);
                     hide(row, seen, hidden.map(|m| &m[j0..j0 + wn]));
                     let row_max = max(row);
