@@ -51,7 +51,7 @@ pub fn adamw(
     inputs
         .zip(outputs)
         .for_each(|(((p, g), (m, v)), (p_out, (m_out, v_out)))| {
-            simd(|| adamw_chunk(p, g, m, v, step, p_out, m_out, v_out))
+            simd!(adamw_chunk(p, g, m, v, step, p_out, m_out, v_out))
         });
 }
 
@@ -89,7 +89,7 @@ pub fn adamw_in_place(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], st
                 .zip(v.par_chunks_mut(TASK_ELEMS)),
         )
         .for_each(|((p, g), (m, v))| {
-            simd(|| {
+            simd!({
                 let state = p.iter_mut().zip(m.iter_mut().zip(v.iter_mut()));
                 for ((p, (m, v)), &g) in state.zip(g) {
                     (*p, *m, *v) = update(*p, g, *m, *v, step);

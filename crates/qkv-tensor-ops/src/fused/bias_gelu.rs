@@ -123,7 +123,7 @@ fn forward_kernel<const TANH: bool>(h: &[f32], bias: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(chunk)
         .zip(h.par_chunks(chunk))
         .for_each(|(out, h)| {
-            kernels::simd(|| {
+            kernels::simd!({
                 for (out, h) in out.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
                     for j in 0..d {
                         out[j] = kernels::gelu_at::<TANH>(h[j] + bias[j]);
@@ -146,7 +146,7 @@ fn backward_kernel<const TANH: bool>(
     dh.par_chunks_mut(chunk)
         .zip(h.par_chunks(chunk).zip(dy.par_chunks(chunk)))
         .map(|(dh, (h, dy))| {
-            kernels::simd(|| {
+            kernels::simd!({
                 let mut dbias = vec![0.0f32; d];
                 let rows = dh
                     .chunks_exact_mut(d)

@@ -19,14 +19,19 @@ pub(super) fn rows_per_task(row_len: usize) -> usize {
 /// Lanes of the accumulators below: eight `f32` fill one AVX register, two SSE registers.
 pub(super) const LANES: usize = 8;
 
-/// Runs `f` compiled for the best instruction set this CPU has (AVX-512, or AVX2 and FMA),
-/// detected at run time, so the loops inside vectorise at full width; a plain build targets
-/// baseline x86-64 (SSE2). Everything `f` calls must be `#[inline(always)]` to be compiled
-/// the same way.
-#[inline(always)]
-pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+/// Runs the expression or block given compiled for the best instruction set this CPU has
+/// (AVX-512, or AVX2 and FMA), detected at run time, so the loops inside vectorise at full
+/// width; a plain build targets baseline x86-64 (SSE2). Everything it calls must be
+/// `#[inline(always)]` to be compiled the same way. The macro wraps the body in an
+/// `#[inline(always)]` closure: a plain closure handed to `pulp` is a function of its own that
+/// LLVM may decline to inline (it did for the LayerNorm, GELU, softmax and loss kernels), and
+/// it is then compiled for SSE2 whatever the CPU.
+macro_rules! simd {
+    ($($body:tt)*) => {
+        pulp::Arch::new().dispatch(#[inline(always)] || { $($body)* })
+    };
 }
+pub(super) use simd;
 
 /// `Σ xs`, summed in [`LANES`] independent accumulators so that it vectorises.
 #[inline(always)]
@@ -179,7 +184,7 @@ fn gelu_elementwise<const TANH: bool>(x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS))
         .for_each(|(out, x)| {
-            simd(|| {
+            simd!({
                 for (o, &x) in out.iter_mut().zip(x) {
                     *o = gelu_at::<TANH>(x);
                 }
@@ -192,7 +197,7 @@ fn gelu_elementwise_backward<const TANH: bool>(x: &[f32], dy: &[f32], dx: &mut [
     dx.par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
         .for_each(|(dx, (x, dy))| {
-            simd(|| {
+            simd!({
                 for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
                     *o = g * gelu_slope::<TANH>(x);
                 }
@@ -257,7 +262,14 @@ pub fn dropout(x: &[f32], prob: f32, seed: u64, out: &mut [f32]) {
         .zip(x.par_chunks(TASK_ELEMS))
         .enumerate()
         .for_each(|(task, (out, x))| {
-            simd(|| dropout_chunk(x, task * TASK_ELEMS, scale, seed, threshold, out))
+            simd!(dropout_chunk(
+                x,
+                task * TASK_ELEMS,
+                scale,
+                seed,
+                threshold,
+                out
+            ))
         });
 }
 
@@ -286,7 +298,7 @@ pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out:
     let chunk = rows_per_task(d) * d;
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
-        .for_each(|(out, x)| simd(|| layer_norm_rows(x, gamma, beta, eps, out)));
+        .for_each(|(out, x)| simd!(layer_norm_rows(x, gamma, beta, eps, out)));
 }
 
 /// [`layer_norm_forward`] on whole rows.
@@ -318,7 +330,7 @@ pub fn add_layer_norm_forward(
         .zip(sum.par_chunks_mut(chunk))
         .zip(x.par_chunks(chunk).zip(branch.par_chunks(chunk)))
         .for_each(|((out, sum), (x, branch))| {
-            simd(|| {
+            simd!({
                 for (s, (x, b)) in sum.iter_mut().zip(x.iter().zip(branch)) {
                     *s = x + b;
                 }
@@ -342,7 +354,7 @@ pub fn layer_norm_backward(
     let zeros = || (vec![0.0f32; d], vec![0.0f32; d]);
     dx.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .map(|(dx, (x, dy))| simd(|| layer_norm_backward_rows(x, gamma, dy, eps, dx)))
+        .map(|(dx, (x, dy))| simd!(layer_norm_backward_rows(x, gamma, dy, eps, dx)))
         .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
             for j in 0..d {
                 ga[j] += gb[j];
@@ -413,7 +425,7 @@ pub fn scaled_softmax_forward(
         .zip(scores.par_chunks(chunk))
         .enumerate()
         .for_each(|(task, (out, scores))| {
-            simd(|| {
+            simd!({
                 let first_row = task * (chunk / seq_k);
                 softmax_rows(scores, first_row, seq_q, seq_k, scale, causal, out)
             })
@@ -463,7 +475,7 @@ pub fn scaled_softmax_backward(
     dscores
         .par_chunks_mut(chunk)
         .zip(probs.par_chunks(chunk).zip(dprobs.par_chunks(chunk)))
-        .for_each(|(ds, (p, dp))| simd(|| softmax_backward_rows(p, dp, seq_k, scale, ds)));
+        .for_each(|(ds, (p, dp))| simd!(softmax_backward_rows(p, dp, seq_k, scale, ds)));
 }
 
 /// [`scaled_softmax_backward`] on whole rows.

@@ -304,7 +304,7 @@ fn forward(
     let per_task = rows_per_task(vocab);
     let chunk = per_task * vocab;
     let task = |(i, logits): (usize, &[f32]), grad: Option<&mut [f32]>| -> f64 {
-        simd(|| {
+        simd!({
             rows_loss(
                 logits,
                 vocab,

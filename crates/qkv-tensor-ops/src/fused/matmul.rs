@@ -219,7 +219,7 @@ fn repeated_rows(m: usize, row: &[f32]) -> Vec<f32> {
 
 /// `Σ_rows dc` of an `[m, n]` operand: the bias gradient of `C = A·B + bias`.
 fn column_sums(m: usize, n: usize, dc: Operand) -> Vec<f32> {
-    kernels::simd(|| {
+    kernels::simd!({
         if dc.transposed {
             // Column `j` of the logical matrix is row `j` of the buffer.
             (0..n)
