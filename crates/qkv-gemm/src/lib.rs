@@ -16,6 +16,11 @@
 
 use gemm::Parallelism;
 
+/// The README's example, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 /// From this many multiply-adds, with at least [`PARALLEL_OUTPUTS`] outputs, a product runs
 /// on every thread of the current rayon pool.
 const PARALLEL_MACS: usize = 1 << 21;

@@ -55,6 +55,20 @@ impl Precision {
         self == Precision::F16
     }
 
+    /// Whether `device` computes in this precision: an error naming the device and what to
+    /// do when it does not (NdArray has no half types; wgpu has no bf16, and f16 only on
+    /// adapters with 16-bit float shaders).
+    pub fn check(self, device: &Device) -> Result<(), TrainError> {
+        match self.compute_dtype() {
+            Some(dtype) if !device.supports_dtype(dtype) => Err(TrainError::Config(format!(
+                "this device ({device:?}) cannot compute in {self}: train in f32 (--dtype f32), or \
+                 on a backend that has it (flex; cuda; wgpu and vulkan have f16 where the \
+                 adapter supports 16-bit floats, and no bf16)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The name `--dtype` and `config.json` use.
     pub fn name(self) -> &'static str {
         match self {
@@ -191,19 +205,9 @@ impl MixedPrecision {
         self.scaler.as_ref().map_or(1.0, LossScaler::scale)
     }
 
-    /// Whether `device` computes in this precision: an error naming the device and what to
-    /// do when it does not (NdArray has no half types; wgpu has no bf16, and f16 only on
-    /// adapters with 16-bit float shaders).
+    /// Whether `device` computes in this precision (see [`Precision::check`]).
     pub fn check(&self, device: &Device) -> Result<(), TrainError> {
-        match self.precision.compute_dtype() {
-            Some(dtype) if !device.supports_dtype(dtype) => Err(TrainError::Config(format!(
-                "this device ({device:?}) cannot compute in {}: train in f32 (--dtype f32), or \
-                 on a backend that has it (flex; cuda; wgpu and vulkan have f16 where the \
-                 adapter supports 16-bit floats, and no bf16)",
-                self.precision
-            ))),
-            _ => Ok(()),
-        }
+        self.precision.check(device)
     }
 
     /// The model to run the forward pass on: `model` itself in f32, else its tracked cast.

@@ -119,7 +119,7 @@ impl<T: Task> Trainer<T> {
     /// already in the directory.
     pub fn new(task: T, run_dir: &Path, device: &Device, start: Start) -> Result<Self, TrainError> {
         let recipe = task.recipe();
-        MixedPrecision::new(recipe.precision).check(device)?;
+        recipe.precision.check(device)?;
         if start == Start::Fresh && checkpoint::holds_a_run(run_dir) {
             return Err(TrainError::RunExists {
                 path: run_dir.to_path_buf(),

@@ -125,14 +125,48 @@ pub trait FusedMatmulBackward: Backend {
     ) -> [Option<FloatTensor<Self>>; 3];
 }
 
-/// `t` in a layout [`operand`] reads in place: row-major or the transpose of row-major, with
-/// any row stride; anything else is copied into row-major order.
-fn gemm_ready(t: FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "qkv_matmul takes f32 tensors");
-    if placement(&t).is_some() {
-        t
-    } else {
-        t.to_contiguous()
+/// A 2-D f32 tensor in a layout the GEMM reads in place, with where its matrix sits.
+struct Placed {
+    t: FlexTensor,
+    /// Index of element `(0, 0)`.
+    offset: usize,
+    /// Distance between rows of the buffer.
+    ld: usize,
+    /// Whether the buffer holds the transpose.
+    transposed: bool,
+}
+
+impl Placed {
+    /// `t` as it is when it is row-major or the transpose of row-major, with any row stride;
+    /// anything else is first copied into row-major order.
+    fn new(t: FlexTensor) -> Self {
+        assert_eq!(t.dtype(), DType::F32, "qkv_matmul takes f32 tensors");
+        let t = if placement(&t).is_some() {
+            t
+        } else {
+            t.to_contiguous()
+        };
+        let (offset, ld, transposed) = placement(&t).expect("a contiguous tensor is placed");
+        Self {
+            t,
+            offset,
+            ld,
+            transposed,
+        }
+    }
+
+    /// `[rows, cols]` of the logical matrix.
+    fn dims(&self) -> (usize, usize) {
+        dims2(&self.t)
+    }
+
+    /// The tensor as a GEMM operand.
+    fn operand(&self) -> Operand<'_> {
+        Operand {
+            data: &self.t.storage::<f32>()[self.offset..],
+            ld: self.ld,
+            transposed: self.transposed,
+        }
     }
 }
 
@@ -156,16 +190,6 @@ fn placement(t: &FlexTensor) -> Option<(usize, usize, bool)> {
     }
 }
 
-/// A tensor made by [`gemm_ready`] as a GEMM operand.
-fn operand(t: &FlexTensor) -> Operand<'_> {
-    let (offset, ld, transposed) = placement(t).expect("gemm_ready placed the tensor");
-    Operand {
-        data: &t.storage::<f32>()[offset..],
-        ld,
-        transposed,
-    }
-}
-
 /// `[rows, cols]` of a 2-D tensor.
 fn dims2(t: &FlexTensor) -> (usize, usize) {
     let shape = t.shape();
@@ -179,18 +203,18 @@ fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> FlexTensor {
 
 impl FusedMatmul for Flex {
     fn qkv_matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        let (a, b) = (gemm_ready(a), gemm_ready(b));
-        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
-        product(m, n, k, operand(&a), operand(&b))
+        let (a, b) = (Placed::new(a), Placed::new(b));
+        let ((m, k), (_, n)) = (a.dims(), b.dims());
+        product(m, n, k, a.operand(), b.operand())
     }
 
     fn qkv_matmul_bias(a: FlexTensor, b: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        let (a, b, bias) = (gemm_ready(a), gemm_ready(b), contiguous(bias));
-        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
+        let (a, b, bias) = (Placed::new(a), Placed::new(b), contiguous(bias));
+        let ((m, k), (_, n)) = (a.dims(), b.dims());
         let bias = elems(&bias);
         assert_eq!(bias.len(), n, "qkv_matmul_bias: one bias value per column");
         let mut c = repeated_rows(m, bias);
-        qkv_gemm::gemm(m, n, k, operand(&a), operand(&b), &mut c, true);
+        qkv_gemm::gemm(m, n, k, a.operand(), b.operand(), &mut c, true);
         tensor(c, Shape::new([m, n]))
     }
 }
@@ -243,9 +267,9 @@ impl FusedMatmulBackward for Flex {
         dc: FlexTensor,
         want: [bool; 3],
     ) -> [Option<FlexTensor>; 3] {
-        let (a, b, dc) = (gemm_ready(a), gemm_ready(b), gemm_ready(dc));
-        let ((m, k), (_, n)) = (dims2(&a), dims2(&b));
-        let (a, b, dc) = (operand(&a), operand(&b), operand(&dc));
+        let (a, b, dc) = (Placed::new(a), Placed::new(b), Placed::new(dc));
+        let ((m, k), (_, n)) = (a.dims(), b.dims());
+        let (a, b, dc) = (a.operand(), b.operand(), dc.operand());
         // The two products are independent; rayon runs them side by side when both are
         // wanted, each on the threads the other leaves idle. The bias gradient, one pass
         // over dC, follows dA on its side.
