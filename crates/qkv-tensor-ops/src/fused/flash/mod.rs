@@ -22,6 +22,7 @@ use super::kernels::{drop_threshold, exp, keeps, max, sum};
 use super::tile_matmul::matmul_acc;
 
 mod backward;
+mod transpose;
 
 pub use backward::{FlashGrads, backward};
 
@@ -432,12 +433,10 @@ fn gather_rows(
 fn transpose_tiles(x: (&[f32], HeadLayout), b: usize, h: usize, seq: usize, out: &mut [f32]) {
     let d = x.1.shape[3];
     let (rows, stride) = head_rows(x, b, h);
-    for s in 0..seq {
-        let (t, c) = (s / BLOCK_K, s % BLOCK_K);
-        let dst = &mut out[t * d * BLOCK_K..(t + 1) * d * BLOCK_K];
-        for (i, &y) in rows[s * stride..s * stride + d].iter().enumerate() {
-            dst[i * BLOCK_K + c] = y;
-        }
+    for s0 in (0..seq).step_by(BLOCK_K) {
+        let n = (seq - s0).min(BLOCK_K);
+        let at = s0 / BLOCK_K * d * BLOCK_K;
+        transpose::transpose(&rows[s0 * stride..], stride, n, d, &mut out[at..], BLOCK_K);
     }
 }
 
