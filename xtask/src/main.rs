@@ -131,6 +131,11 @@ enum Command {
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
+    // A misspelt limit is an error here rather than a warning from the first kernel.
+    if let Err(error) = qkv_tensor_ops::simd::limit_from_env() {
+        eprintln!("error: {error}");
+        std::process::exit(2);
+    }
     let result: Result<()> = match cli.command {
         // The server computes on threads of its own runtime; this thread only waits.
         Command::ServeDevice(args) => serve::run(args),

@@ -1,6 +1,6 @@
 //! The command line end to end, as a user meets it: bad backend names and a wgpu backend
-//! with no driver give clear errors (no panic, no backtrace), and `bench` runs a workload
-//! and writes its JSON report.
+//! with no driver give clear errors (no panic, no backtrace), `bench` runs a workload
+//! and writes its JSON report, and `QKV_SIMD` narrows the kernels' SIMD level.
 
 use std::process::Output;
 
@@ -102,6 +102,44 @@ fn bench_runs_a_workload_and_writes_json() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `QKV_SIMD` narrows the kernels' SIMD level: the report says so, and a misspelt level is
+/// an error before anything runs.
+#[test]
+fn qkv_simd_narrows_the_kernels_and_a_bad_level_is_named() {
+    let dir = temp_dir("xtask-bench-simd");
+    let json = dir.join("bench.json");
+    let args = [
+        "bench",
+        "--backends",
+        "flex",
+        "--only",
+        "attention_fwd_bwd/d128/seq64",
+        "--quick",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let out = xtask_env(&args, &[("QKV_SIMD", "scalar")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let simd = report["machine"]["simd"].as_str().unwrap().to_string();
+    if cfg!(target_arch = "x86_64") {
+        // Every x86-64 CPU this project runs on has AVX2 at least, so the limit narrows.
+        assert!(simd.starts_with("SSE2 (QKV_SIMD; the CPU has "), "{simd}");
+    }
+    let median = report["results"][0]["qkv"]["flex"]["median_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(median > 0.0 && median.is_finite());
+
+    let out = xtask_env(&args, &[("QKV_SIMD", "avx3")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("unknown SIMD level \"avx3\""), "{err}");
+    assert!(err.contains("avx512, avx2, neon or scalar"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

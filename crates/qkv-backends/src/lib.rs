@@ -321,10 +321,11 @@ pub struct MachineInfo {
     pub threads: usize,
     /// The operating system and architecture, such as `linux x86_64`.
     pub os: String,
-    /// The widest SIMD level this CPU offers to run-time dispatch (the level Flex's kernels
-    /// and qkv's fused kernels run at): `AVX-512`, `AVX2+FMA` or `SSE2` on x86-64, `NEON` on
-    /// AArch64.
-    pub simd: &'static str,
+    /// The SIMD level qkv's fused kernels run at: `AVX-512`, `AVX2+FMA` or `SSE2` on x86-64,
+    /// `NEON` on AArch64; the widest this CPU offers to run-time dispatch (where Flex's own
+    /// kernels and the matrix products run too), unless `QKV_SIMD` narrows it, which is then
+    /// said: `AVX2+FMA (QKV_SIMD; the CPU has AVX-512)`.
+    pub simd: String,
 }
 
 impl MachineInfo {
@@ -369,27 +370,15 @@ fn describe_cpu(cpuinfo: &str) -> Option<String> {
     })
 }
 
-/// The widest SIMD level run-time detection finds (see [`MachineInfo::simd`]).
-fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            "AVX-512"
-        } else if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            "AVX2+FMA"
-        } else {
-            "SSE2"
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        "NEON"
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        "none"
+/// The level qkv's kernels run at, and the CPU's own when a limit narrows it (see
+/// [`MachineInfo::simd`]).
+fn simd_level() -> String {
+    use qkv_tensor_ops::simd;
+    let (active, detected) = (simd::active(), simd::detected());
+    if active == detected {
+        active.name().to_string()
+    } else {
+        format!("{active} ({}; the CPU has {detected})", simd::ENV_VAR)
     }
 }
 

@@ -38,6 +38,7 @@ pub mod mask;
 pub mod reference;
 pub mod rotary;
 pub mod sdpa;
+pub mod simd;
 pub mod softmax;
 pub mod stats;
 

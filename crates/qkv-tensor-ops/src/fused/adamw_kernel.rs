@@ -124,13 +124,13 @@ pub(super) fn example_step() -> AdamWStep {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The in-place update writes exactly what the out-of-place one does, over several rayon
     /// chunks and a partial one.
     #[test]
-    fn in_place_equals_out_of_place() {
+    pub(crate) fn in_place_equals_out_of_place() {
         let n = 3 * TASK_ELEMS + 77;
         let wave = |k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
         let (p, g, m) = (wave(0.37), wave(1.3), wave(0.11));

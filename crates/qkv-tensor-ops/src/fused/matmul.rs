@@ -350,7 +350,7 @@ impl<B: FusedMatmul + FusedMatmulBackward, C: CheckpointStrategy> FusedMatmul fo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use qkv_test_support::{SeededRng, assert_rel_close, check_parity, random_tensor, values};
 
@@ -426,7 +426,7 @@ mod tests {
     /// arriving row-major and as a transposed view (the output read transposed downstream),
     /// at shapes that leave partial tiles and one that runs on both threads.
     #[test]
-    fn linear_matches_burns_linear_values_and_gradients() {
+    pub(crate) fn linear_matches_burns_linear_values_and_gradients() {
         let devices = [
             qkv_test_support::flex().autodiff(),
             qkv_test_support::ndarray().autodiff(),

@@ -176,7 +176,7 @@ impl<B: FusedAddLayerNorm + FusedBackward, C: CheckpointStrategy> FusedAddLayerN
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Parity of [`add_layer_norm`] with its explicit path, on Flex (the kernel, with and
     //! without autodiff) and against NdArray.
 
@@ -194,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn add_layer_norm_matches_an_add_and_an_explicit_layer_norm_values_and_gradients() {
+    pub(crate) fn add_layer_norm_matches_an_add_and_an_explicit_layer_norm_values_and_gradients() {
         // d = 37 leaves a lane remainder; the offset stream tests the two-pass variance.
         for (rows, d) in [(6, 37), (50, 128), (3, 8)] {
             let device = flex_autodiff();
@@ -218,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn add_layer_norm_with_an_untracked_branch_and_no_beta() {
+    pub(crate) fn add_layer_norm_with_an_untracked_branch_and_no_beta() {
         // The residual node with one tracked parent, and the LayerNorm without a shift.
         let device = flex_autodiff();
         let mut rng = SeededRng::new(77);

@@ -580,3 +580,29 @@ fn bias_gelu_off_flex_is_the_add_and_gelu() {
     let want = values(gelu_tanh_explicit(h + bias.unsqueeze::<2>()));
     assert_eq!(got, want);
 }
+
+/// The parity tests of every CPU kernel again at each SIMD level this CPU has (the widest,
+/// AVX2 on an AVX-512 CPU, and scalar; see [`crate::simd`]), so that the code a narrower CPU
+/// would run is checked on this one too: the tile products' and transposes' blocks depend on
+/// the vector width, and the row kernels' loops are compiled once per level.
+#[test]
+fn every_kernel_matches_its_reference_at_every_simd_level() {
+    crate::simd::at_each_level(|_| {
+        layer_norm_matches_explicit_values_and_gradients();
+        super::residual::tests::add_layer_norm_matches_an_add_and_an_explicit_layer_norm_values_and_gradients();
+        super::residual::tests::add_layer_norm_with_an_untracked_branch_and_no_beta();
+        scaled_softmax_matches_explicit_values_and_gradients();
+        scaled_softmax_hides_future_keys_exactly_and_rows_sum_to_one();
+        gelu_matches_explicit_values_and_gradients();
+        gelu_tanh_matches_explicit_values_and_gradients();
+        bias_gelu_matches_an_add_and_an_explicit_gelu_values_and_gradients();
+        dropout_zeroes_or_scales_and_its_gradient_uses_the_same_mask();
+        flash_attention_matches_explicit_values_and_gradients();
+        flash_attention_matches_the_reference_on_both_backends();
+        flash_attention_with_dropout_matches_explicit_dropout();
+        cross_entropy_matches_explicit_and_reference_values_and_gradients();
+        adamw_update_matches_the_formula();
+        super::adamw_kernel::tests::in_place_equals_out_of_place();
+        super::matmul::tests::linear_matches_burns_linear_values_and_gradients();
+    });
+}

@@ -209,14 +209,14 @@ mod tests {
     use super::*;
     use pulp::WithSimd;
 
-    /// Runs `op` compiled for the best SIMD level this CPU has.
+    /// Runs `op` compiled for the SIMD level the kernels run at.
     fn simd<R>(op: impl WithSimd<Output = R>) -> R {
-        pulp::Arch::new().dispatch(op)
+        crate::simd::arch().dispatch(op)
     }
 
     /// `matmul_acc` and `matmul_acc_at` against the triple loop, at shapes that exercise
     /// every edge (row blocks, one-vector and scalar columns, strides wider than the
-    /// matrices).
+    /// matrices), at each SIMD level this CPU has (the blocks' widths depend on the lanes).
     #[test]
     fn matmul_acc_matches_the_triple_loop() {
         struct Run<'a> {
@@ -249,63 +249,65 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for (m, n, k) in [
-            (1, 1, 1),
-            (5, 37, 3),
-            (8, 64, 64),
-            (13, 16, 9),
-            (64, 33, 70),
-            (6, 80, 5),
-        ] {
-            let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
-            let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
-            let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
-            let c0: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
-            // A stored transposed, `[k, m]`, with a wider stride.
-            let ldat = m + 5;
-            let mut at = vec![0.0f32; k * ldat];
-            for i in 0..m {
-                for p in 0..k {
-                    at[p * ldat + i] = a[i * lda + p];
-                }
-            }
-            for transposed in [false, true] {
-                let mut c = c0.clone();
-                let a = if transposed {
-                    (&at[..], ldat)
-                } else {
-                    (&a[..], lda)
-                };
-                simd(Run {
-                    dims: (m, n, k),
-                    a,
-                    b: (&b, ldb),
-                    c: (&mut c, ldc),
-                    transposed,
-                });
-                let a_at = |i: usize, p: usize| {
-                    if transposed {
-                        a.0[p * a.1 + i]
-                    } else {
-                        a.0[i * a.1 + p]
-                    }
-                };
+        crate::simd::at_each_level(|level| {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (5, 37, 3),
+                (8, 64, 64),
+                (13, 16, 9),
+                (64, 33, 70),
+                (6, 80, 5),
+            ] {
+                let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
+                let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
+                let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
+                let c0: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
+                // A stored transposed, `[k, m]`, with a wider stride.
+                let ldat = m + 5;
+                let mut at = vec![0.0f32; k * ldat];
                 for i in 0..m {
-                    for j in 0..ldc {
-                        let want = if j < n {
-                            c0[i * ldc + j]
-                                + (0..k).map(|p| a_at(i, p) * b[p * ldb + j]).sum::<f32>()
+                    for p in 0..k {
+                        at[p * ldat + i] = a[i * lda + p];
+                    }
+                }
+                for transposed in [false, true] {
+                    let mut c = c0.clone();
+                    let a = if transposed {
+                        (&at[..], ldat)
+                    } else {
+                        (&a[..], lda)
+                    };
+                    simd(Run {
+                        dims: (m, n, k),
+                        a,
+                        b: (&b, ldb),
+                        c: (&mut c, ldc),
+                        transposed,
+                    });
+                    let a_at = |i: usize, p: usize| {
+                        if transposed {
+                            a.0[p * a.1 + i]
                         } else {
-                            c0[i * ldc + j]
-                        };
-                        let got = c[i * ldc + j];
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "transposed {transposed}, {m}x{n}x{k} at ({i}, {j}): {got} vs {want}"
-                        );
+                            a.0[i * a.1 + p]
+                        }
+                    };
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let want = if j < n {
+                                c0[i * ldc + j]
+                                    + (0..k).map(|p| a_at(i, p) * b[p * ldb + j]).sum::<f32>()
+                            } else {
+                                c0[i * ldc + j]
+                            };
+                            let got = c[i * ldc + j];
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{level}, transposed {transposed}, {m}x{n}x{k} at ({i}, {j}): {got} vs {want}"
+                            );
+                        }
                     }
                 }
             }
-        }
+        });
     }
 }

@@ -196,10 +196,10 @@ impl FlashProblem {
     }
 }
 
-/// Runs `op` compiled for the best SIMD level this CPU has (see `kernels::simd`).
+/// Runs `op` compiled for the SIMD level the kernels run at (see [`crate::simd`]).
 #[inline(always)]
 fn simd<R>(op: impl WithSimd<Output = R>) -> R {
-    pulp::Arch::new().dispatch(op)
+    crate::simd::arch().dispatch(op)
 }
 
 /// The forward pass. Returns the output, `[batch, seq_q, n_heads, d_head]` contiguous, and the

@@ -1,6 +1,6 @@
 //! Transposes of the flash kernel's key and value tiles with vector shuffles: 16 × 16 blocks
-//! in AVX-512 registers, 8 × 8 blocks in AVX2 registers, picked at run time, and scalar code
-//! for the edges and for CPUs with neither. At the training step's shapes (64 keys × `d_head`
+//! in AVX-512 registers, 8 × 8 blocks in AVX2 registers, picked at run time (within the limit
+//! of [`crate::simd`]), and scalar code for the edges and for CPUs with neither. At the training step's shapes (64 keys × `d_head`
 //! 32) a scalar transpose, one element per load and store, cost more than the product that
 //! reads it.
 
@@ -12,19 +12,20 @@ use core::arch::x86_64::{__m256, __m512};
 pub(super) fn transpose(src: &[f32], lds: usize, n: usize, d: usize, dst: &mut [f32], ldd: usize) {
     check(src.len(), lds, n, d, dst.len(), ldd);
     #[cfg(target_arch = "x86_64")]
-    {
-        if let Some(v4) = pulp::x86::V4::try_new() {
+    match crate::simd::arch() {
+        pulp::Arch::V4(v4) => {
             return v4.vectorize(
                 #[inline(always)]
                 || transpose_v4(v4, src, lds, n, d, dst, ldd),
             );
         }
-        if let Some(v3) = pulp::x86::V3::try_new() {
+        pulp::Arch::V3(v3) => {
             return v3.vectorize(
                 #[inline(always)]
                 || transpose_v3(v3, src, lds, n, d, dst, ldd),
             );
         }
+        _ => {}
     }
     scalar(src, lds, (0, n), (0, d), dst, ldd);
 }
