@@ -33,6 +33,9 @@ const BLOCK_K: usize = 64;
 /// Queries per piece of a query block on a tile that the causal rule hides in part (see
 /// [`FlashProblem::row_chunks`]).
 const CAUSAL_CHUNK: usize = 16;
+/// A chunk's keys are rounded up to a multiple of this: one AVX-512 vector of `f32`, two AVX2
+/// ones, so the tile products keep whole vectors.
+const CHUNK_KEYS: usize = 16;
 
 /// Where a `[batch, n_heads, seq, d_head]` tensor's elements live in its storage: element
 /// `(b, h, s, i)` is at `offset + b·strides[0] + h·strides[1] + s·strides[2] + i` (the last
@@ -151,8 +154,8 @@ impl FlashProblem {
     /// `j0`, as `(first row, end row, keys)` with rows counted from `i0`: the whole block
     /// against the whole tile, unless the causal rule hides part of the tile from some of the
     /// rows (the tile on the diagonal). Then the block goes in chunks of [`CAUSAL_CHUNK`]
-    /// rows, each against only the keys its last row sees (rounded up to a multiple of 16,
-    /// one AVX-512 vector, and at most `w`), and chunks that see none of the tile are left
+    /// rows, each against only the keys its last row sees (rounded up to a multiple of
+    /// [`CHUNK_KEYS`], and at most `w`), and chunks that see none of the tile are left
     /// out. Every key a row sees lies inside its chunk's keys; the ones past it are hidden
     /// by [`hide`] as before. On a square causal tile this skips 3/8 of the products.
     fn row_chunks(
@@ -168,7 +171,7 @@ impl FlashProblem {
         (0..rows).step_by(step).filter_map(move |c0| {
             let c1 = (c0 + step).min(rows);
             let seen = p.visible(i0 + c1 - 1).saturating_sub(j0).min(w);
-            (seen > 0).then(|| (c0, c1, seen.next_multiple_of(16).min(w)))
+            (seen > 0).then(|| (c0, c1, seen.next_multiple_of(CHUNK_KEYS).min(w)))
         })
     }
 
