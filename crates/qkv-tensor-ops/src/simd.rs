@@ -3,9 +3,9 @@
 //!
 //! Every fused CPU kernel of this crate (LayerNorm, softmax, GELU, dropout, AdamW, the loss,
 //! the flash attention kernel and its tile products and transposes) is compiled for several
-//! levels and picks one at run time through [`arch`]. A limit makes an AVX-512 machine run the
-//! AVX2 or the scalar code, so that those paths are tested and timed where they would
-//! otherwise never run. It does not reach the matrix products of `qkv-gemm` (the `gemm` crate
+//! levels and picks one at run time, the level [`active`] reports. A limit makes an AVX-512
+//! machine run the AVX2 or the scalar code, so that those paths are tested and timed where
+//! they would otherwise never run. It does not reach the matrix products of `qkv-gemm` (the `gemm` crate
 //! picks its own kernels) or Burn's own ops.
 //!
 //! ```
