@@ -5,8 +5,8 @@
 //! the flash attention kernel and its tile products and transposes) is compiled for several
 //! levels and picks one at run time, the level [`active`] reports. A limit makes an AVX-512
 //! machine run the AVX2 or the scalar code, so that those paths are tested and timed where
-//! they would otherwise never run. It does not reach the matrix products of `qkv-gemm` (the `gemm` crate
-//! picks its own kernels) or Burn's own ops.
+//! they would otherwise never run. It does not reach the matrix products of `qkv-gemm` (the
+//! `gemm` crate picks its own kernels) or Burn's own ops.
 //!
 //! ```
 //! use qkv_tensor_ops::simd::{self, SimdLevel};
@@ -204,7 +204,7 @@ pub(crate) fn arch() -> pulp::Arch {
     let Some(limit) = limit() else {
         return best;
     };
-    if level_of(best).width() <= limit.width() {
+    if detected().width() <= limit.width() {
         return best;
     }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -225,8 +225,8 @@ pub(crate) fn level_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Test helper: runs `check` at each level this CPU has (the widest, AVX2 on an AVX-512 CPU,
 /// and scalar), with the limit set and checked, then lifts the limit (also when `check`
-/// panics). Tests running beside it meanwhile may run narrower
-/// than usual; every level computes the same values within each test's tolerance.
+/// panics). Tests running beside it meanwhile may run narrower than usual; every level
+/// computes the same values within each test's tolerance.
 #[cfg(test)]
 pub(crate) fn at_each_level(mut check: impl FnMut(SimdLevel)) {
     struct Lift;

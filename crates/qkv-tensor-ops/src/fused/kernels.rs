@@ -21,8 +21,9 @@ pub(super) const LANES: usize = 8;
 
 /// Runs the expression or block given compiled for the best instruction set this CPU has
 /// (AVX-512, or AVX2 and FMA), detected at run time and narrowed by a limit if one is set
-/// (see [`crate::simd`]), so the loops inside vectorise at full width; a plain build targets baseline x86-64 (SSE2). Everything it calls must be
-/// `#[inline(always)]` to be compiled the same way. The macro wraps the body in an
+/// (see [`crate::simd`]), so the loops inside vectorise at full width; a plain build targets
+/// baseline x86-64 (SSE2). Everything it calls must be `#[inline(always)]` to be compiled the
+/// same way. The macro wraps the body in an
 /// `#[inline(always)]` closure: a plain closure handed to `pulp` is a function of its own that
 /// LLVM may decline to inline (it did for the LayerNorm, GELU, softmax and loss kernels), and
 /// it is then compiled for SSE2 whatever the CPU.

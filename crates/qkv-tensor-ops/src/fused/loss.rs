@@ -432,3 +432,141 @@ impl<B: FusedLoss + FusedLossBackward, C: CheckpointStrategy> FusedLoss for Auto
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The loss against an `f64` row-by-row reference and against the explicit path, values
+    //! and gradients, on Flex (the kernel, with and without autodiff) and NdArray.
+
+    use super::*;
+    use qkv_test_support::{SeededRng, assert_close, loss_and_grad, values};
+
+    /// Flex with autodiff, the device training runs on.
+    fn flex_autodiff() -> Device {
+        qkv_test_support::flex().autodiff()
+    }
+
+    /// The loss on the host in `f64`, row by row: the oracle of both paths of [`cross_entropy`].
+    fn reference_loss(
+        logits: &[f32],
+        ids: &[i64],
+        vocab: usize,
+        ignore: Option<i64>,
+        eps: f64,
+    ) -> f64 {
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for (r, &t) in ids.iter().enumerate() {
+            if Some(t) == ignore {
+                continue;
+            }
+            let x: Vec<f64> = logits[r * vocab..(r + 1) * vocab]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            let mean = x.iter().sum::<f64>() / vocab as f64;
+            total += lse - (1.0 - eps) * x[t as usize] - eps * mean;
+            count += 1;
+        }
+        if count == 0 {
+            0.0
+        } else {
+            total / count as f64
+        }
+    }
+
+    #[test]
+    pub(crate) fn cross_entropy_matches_explicit_and_reference_values_and_gradients() {
+        // Odd vocabularies exercise the lane remainder; -100 rows are ignored; a weight of 1 takes
+        // the stored gradient as it is, any other scales it.
+        let cases = [
+            (24, 65, Some(-100), 0.0, 1.0),
+            (7, 37, None, 0.0, 0.7),
+            (40, 1000, Some(-100), 0.1, 1.0),
+            (3, 5, Some(4), 0.25, -1.5),
+        ];
+        for (rows, vocab, ignore, eps, weight) in cases {
+            let mut rng = SeededRng::new((rows * vocab) as u64);
+            let data = rng.vec(rows * vocab, 6.0);
+            let mut ids: Vec<i64> = (0..rows).map(|r| ((r * 7919 + 3) % vocab) as i64).collect();
+            if let Some(ignore) = ignore {
+                ids[0] = ignore;
+                ids[rows - 1] = ignore;
+            }
+            let want = reference_loss(&data, &ids, vocab, ignore, eps) as f32;
+            let what =
+                format!("cross_entropy {rows}x{vocab} ignore={ignore:?} eps={eps} w={weight}");
+            let at = |device: &Device| {
+                Tensor::<2>::from_data(TensorData::new(data.clone(), [rows, vocab]), device)
+            };
+            let kernel = |l, t| cross_entropy(l, t, ignore, eps);
+            let explicit = |l, t| cross_entropy_explicit(l, t, ignore, eps);
+            let (fast, fast_grad) = loss_and_grad(at(&flex_autodiff()), &ids, weight, kernel);
+            let (oracle, oracle_grad) = loss_and_grad(at(&flex_autodiff()), &ids, weight, explicit);
+            let ndarray = at(&qkv_test_support::ndarray().autodiff());
+            let (nd, nd_grad) = loss_and_grad(ndarray, &ids, weight, kernel);
+            for (got, path) in [(fast, "kernel"), (oracle, "explicit"), (nd, "ndarray")] {
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{what}: {path} loss {got} against the f64 reference {want}"
+                );
+            }
+            let scale = oracle_grad.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "{what}: the oracle's gradient is all zeros");
+            assert_close(
+                &fast_grad,
+                &oracle_grad,
+                1e-5 * scale,
+                &format!("{what}: kernel gradient"),
+            );
+            assert_close(
+                &nd_grad,
+                &oracle_grad,
+                1e-5 * scale,
+                &format!("{what}: ndarray gradient"),
+            );
+            if let Some(ignore) = ignore {
+                let ignored = ids
+                    .iter()
+                    .position(|&t| t == ignore)
+                    .expect("an ignored row");
+                let row = &fast_grad[ignored * vocab..(ignored + 1) * vocab];
+                assert!(
+                    row.iter().all(|&g| g == 0.0),
+                    "{what}: an ignored row has a gradient"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_without_autodiff_and_with_every_row_ignored() {
+        let device = qkv_test_support::flex();
+        let mut rng = SeededRng::new(8);
+        let data = rng.vec(4 * 9, 3.0);
+        let ids = [1i64, 8, 0, 4];
+        let logits = Tensor::<2>::from_data(TensorData::new(data.clone(), [4, 9]), &device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [4]), &device);
+        let got = values(cross_entropy(logits.clone(), targets, None, 0.0))[0];
+        let want = reference_loss(&data, &ids, 9, None, 0.0) as f32;
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "loss {got} against {want}"
+        );
+        let ignored = Tensor::<1, Int>::from_data(TensorData::new(vec![-1i64; 4], [4]), &device);
+        assert_eq!(
+            values(cross_entropy(logits, ignored, Some(-1), 0.1))[0],
+            0.0
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "target 9 of row 1 is outside the vocabulary 0..9")]
+    fn cross_entropy_names_a_target_outside_the_vocabulary() {
+        let device = qkv_test_support::flex();
+        let logits = Tensor::<2>::zeros([2, 9], &device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 9], [2]), &device);
+        let _ = cross_entropy(logits, targets, Some(-100), 0.0);
+    }
+}

@@ -244,11 +244,7 @@ mod tests {
                 }
             }
         }
-        let mut seed = 7u32;
-        let mut next = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rng = qkv_test_support::SeededRng::new(7);
         crate::simd::at_each_level(|level| {
             for (m, n, k) in [
                 (1, 1, 1),
@@ -259,9 +255,9 @@ mod tests {
                 (6, 80, 5),
             ] {
                 let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
-                let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
-                let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
-                let c0: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
+                let a = rng.vec(m * lda, 0.5);
+                let b = rng.vec(k * ldb, 0.5);
+                let c0 = rng.vec(m * ldc, 0.5);
                 // A stored transposed, `[k, m]`, with a wider stride.
                 let ldat = m + 5;
                 let mut at = vec![0.0f32; k * ldat];

@@ -1,8 +1,8 @@
 //! Transposes of the flash kernel's key and value tiles with vector shuffles: 16 × 16 blocks
 //! in AVX-512 registers, 8 × 8 blocks in AVX2 registers, picked at run time (within the limit
-//! of [`crate::simd`]), and scalar code for the edges and for CPUs with neither. At the training step's shapes (64 keys × `d_head`
-//! 32) a scalar transpose, one element per load and store, cost more than the product that
-//! reads it.
+//! of [`crate::simd`]), and scalar code for the edges and for CPUs with neither. At the
+//! training step's shapes (64 keys × `d_head` 32) a scalar transpose, one element per load
+//! and store, cost more than the product that reads it.
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::{__m256, __m512};
