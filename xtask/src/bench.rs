@@ -27,6 +27,12 @@ pub struct BenchArgs {
     /// The Python interpreter that has torch.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// With --with-pytorch: time PyTorch on each benchmark right after qkv, one Python
+    /// process per benchmark, instead of on all of them after qkv has finished. On a shared
+    /// machine whose speed drifts over minutes, each ratio's two timings are then seconds
+    /// apart; it costs PyTorch's start-up once per benchmark.
+    #[arg(long, requires = "with_pytorch")]
+    interleave: bool,
     /// Only the benchmarks whose id contains one of these (comma-separated), for example
     /// `train_step` or `attention_fwd/d128`.
     #[arg(long)]
@@ -179,6 +185,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let mut rows: Vec<Row> = Vec::new();
+    // PyTorch's report (the last one, when interleaved: each names the same version, device
+    // and threads).
+    let mut pytorch_meta: Option<Value> = None;
     for &workload in &workloads {
         let mut qkv = Vec::new();
         let mut first_iteration_kernels = Vec::new();
@@ -207,26 +216,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             qkv.push((*backend, stats, kernels));
         }
-        rows.push(Row {
+        let mut row = Row {
             workload,
             qkv,
             first_iteration_kernels,
             pytorch: None,
-        });
+        };
+        if args.interleave {
+            let report = run_pytorch(&args, &[workload], machine.threads)?;
+            row.pytorch = pytorch_stats(&report, &workload)?;
+            if let Some(stats) = &row.pytorch {
+                eprintln!("pytorch {}: {:.2} ms", workload.id(), stats.median_ms);
+            }
+            pytorch_meta = Some(report);
+        }
+        rows.push(row);
     }
 
-    let pytorch = if args.with_pytorch {
+    if args.with_pytorch && !args.interleave {
         let report = run_pytorch(&args, &workloads, machine.threads)?;
         for row in &mut rows {
-            row.pytorch = report["results"]
-                .get(row.workload.id())
-                .map(stats_from_json)
-                .transpose()?;
+            row.pytorch = pytorch_stats(&report, &row.workload)?;
         }
-        Some(report)
-    } else {
-        None
-    };
+        pytorch_meta = Some(report);
+    }
+    let pytorch = pytorch_meta;
 
     let gpu = gpu_description();
     println!(
@@ -252,6 +266,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "backends": backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
         "dtype": args.dtype.name(),
         "quick": args.quick,
+        "interleaved": args.interleave,
         "pytorch": pytorch.as_ref().map(|p| json!({
             "torch_version": p["torch_version"],
             "device": p["device"],
@@ -335,6 +350,14 @@ fn run_pytorch(args: &BenchArgs, workloads: &[Workload], threads: usize) -> Resu
         .with_context(|| format!("reading the PyTorch results {}", out.display()))?;
     let _ = std::fs::remove_file(&out);
     serde_json::from_str(&text).context("the PyTorch benchmark wrote invalid JSON")
+}
+
+/// PyTorch's timing of `workload` in its report, if it ran it.
+fn pytorch_stats(report: &Value, workload: &Workload) -> Result<Option<Stats>> {
+    report["results"]
+        .get(workload.id())
+        .map(stats_from_json)
+        .transpose()
 }
 
 fn stats_from_json(v: &Value) -> Result<Stats> {

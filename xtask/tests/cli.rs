@@ -1,6 +1,7 @@
 //! The command line end to end, as a user meets it: bad backend names and a wgpu backend
 //! with no driver give clear errors (no panic, no backtrace), `bench` runs a workload
-//! and writes its JSON report, and `QKV_SIMD` narrows the kernels' SIMD level.
+//! and writes its JSON report, `--interleave` times the PyTorch peer after each benchmark,
+//! and `QKV_SIMD` narrows the kernels' SIMD level.
 
 use std::process::Output;
 
@@ -214,4 +215,91 @@ fn gpu_backends_not_in_this_build_say_how_to_build_them() {
             "{backend}: {err}"
         );
     }
+}
+
+/// A stand-in for the Python interpreter: it takes `bench.py`'s arguments, logs the ids it
+/// was asked for (one line per call) and reports each at 2.5 ms.
+#[cfg(unix)]
+fn fake_python(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("calls.log");
+    let script = dir.join("fake-python");
+    let body = format!(
+        r#"#!/bin/sh
+ids=""; out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ids) ids="$2"; shift 2 ;;
+    --json-out) out="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+echo "$ids" >> '{log}'
+{{
+printf '{{"torch_version":"fake","device":"cpu","threads":2,"gpu":null,"results":{{'
+sep=""
+for id in $(echo "$ids" | tr ',' ' '); do
+  printf '%s"%s":{{"median_ms":2.5,"min_ms":2.0,"max_ms":3.0,"samples":5}}' "$sep" "$id"
+  sep=","
+done
+printf '}}}}'
+}} > "$out"
+"#,
+        log = log.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+/// `--interleave` times the PyTorch peer once per benchmark, right after qkv's timing of it;
+/// without it the peer runs once, on every benchmark, at the end. Both fill in PyTorch's
+/// column; `--interleave` alone is refused.
+#[cfg(unix)]
+#[test]
+fn interleave_runs_the_pytorch_peer_after_each_benchmark() {
+    let dir = temp_dir("xtask-bench-interleave");
+    let (python, log) = fake_python(&dir);
+    let json = dir.join("bench.json");
+    let ids = ["attention_fwd/d128/seq64", "attention_fwd/d128/seq256"];
+    let only = ids.join(",");
+    let run = |interleave: bool| {
+        let _ = std::fs::remove_file(&log);
+        let mut args = vec![
+            "bench",
+            "--backends",
+            "flex",
+            "--only",
+            &only,
+            "--quick",
+            "--with-pytorch",
+            "--python",
+            python.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if interleave {
+            args.push("--interleave");
+        }
+        let out = xtask_env(&args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["interleaved"].as_bool(), Some(interleave));
+        assert_eq!(report["pytorch"]["torch_version"].as_str(), Some("fake"));
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        for (row, id) in results.iter().zip(ids) {
+            assert_eq!(row["id"].as_str(), Some(id));
+            assert_eq!(row["pytorch"]["median_ms"].as_f64(), Some(2.5), "{row}");
+            assert!(row["qkv"]["flex"]["median_ms"].as_f64().unwrap() > 0.0);
+        }
+        std::fs::read_to_string(&log).unwrap()
+    };
+    assert_eq!(run(true), format!("{}\n{}\n", ids[0], ids[1]));
+    assert_eq!(run(false), format!("{only}\n"));
+
+    let out = xtask_env(&["bench", "--interleave"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--with-pytorch"), "{}", stderr(&out));
 }
