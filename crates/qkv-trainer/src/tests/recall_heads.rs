@@ -151,8 +151,13 @@ fn a_trained_recall_head_finds_the_matching_pair() {
         .iter()
         .find(|(head, _)| *head == by_patching)
         .map_or(0.0, |(_, rate)| *rate);
+    // The best head is held to 95% above. When training grows two heads that find the pair,
+    // the one patching and ablation single out need not be the best: the run's rounding
+    // differs with the kernels' SIMD level, and on an AVX2-only EPYC it was a second head at
+    // 94.9% (the best 98.1%, no other head above 35%). 90% still tells a head that does the
+    // lookup from one that does not.
     assert!(
-        rate >= 0.95,
+        rate >= 0.9,
         "and it is a head that looks at the pair: {by_patching:?} finds it in {:.1}% of \
          queries (heads and rates: {rates:?})",
         rate * 100.0
