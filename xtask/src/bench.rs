@@ -187,7 +187,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     // PyTorch's report (the last one, when interleaved: each names the same version, device
     // and threads).
-    let mut pytorch_meta: Option<Value> = None;
+    let mut pytorch: Option<Value> = None;
     for &workload in &workloads {
         let mut qkv = Vec::new();
         let mut first_iteration_kernels = Vec::new();
@@ -228,7 +228,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             if let Some(stats) = &row.pytorch {
                 eprintln!("pytorch {}: {:.2} ms", workload.id(), stats.median_ms);
             }
-            pytorch_meta = Some(report);
+            pytorch = Some(report);
         }
         rows.push(row);
     }
@@ -238,9 +238,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for row in &mut rows {
             row.pytorch = pytorch_stats(&report, &row.workload)?;
         }
-        pytorch_meta = Some(report);
+        pytorch = Some(report);
     }
-    let pytorch = pytorch_meta;
 
     let gpu = gpu_description();
     println!(
