@@ -245,6 +245,9 @@ impl MultiHeadAttention {
             return_probs,
         } = input;
         let [batch, seq_q] = self.check_inputs(&query, source.as_ref())?;
+        // Four products and the attention kernel back to back: keep the CPU pool's other
+        // workers awake between them (nothing inside a training step's or a generation's).
+        let _warm = qkv_tensor_ops::pool::KeepWarm::start();
         let cross = source.is_some();
         // [batch, n_heads, seq_q, d_head]
         let offset = if cross {

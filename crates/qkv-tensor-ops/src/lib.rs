@@ -30,11 +30,15 @@
 //!   probabilities) and the one-pass AdamW update, each with hand-written backward passes
 //!   where it has one (kernels on the Flex CPU backend, the explicit path elsewhere).
 //!
+//! * [`pool`] keeps rayon's other workers spinning instead of sleeping through a burst of
+//!   short parallel ops (a training step).
+//!
 //! Nothing here has parameters or touches files, and every function works on whatever device
 //! its tensors live on; only [`fused`] names a backend, to give Flex its kernels.
 
 pub mod fused;
 pub mod mask;
+pub mod pool;
 pub mod reference;
 pub mod rotary;
 pub mod sdpa;

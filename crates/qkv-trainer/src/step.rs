@@ -70,6 +70,9 @@ pub fn train_step_mixed<M: Module>(
     grad_clip: f64,
     mut loss_of: impl FnMut(&M) -> Result<Tensor<1>, TrainError>,
 ) -> Result<(M, StepReport), TrainError> {
+    // The step is hundreds of short parallel phases: keep the pool's other workers awake
+    // between them instead of waking them with a system call each time.
+    let _warm = qkv_tensor_ops::pool::KeepWarm::start();
     let micro_batches = micro_batches.max(1);
     let factor = mixed.loss_scale() / micro_batches as f64;
     let mut grads = NamedGrads::default();

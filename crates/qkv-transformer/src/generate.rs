@@ -108,6 +108,8 @@ impl Gpt {
                 });
             }
         }
+        // One short forward pass per token: keep the CPU pool's other workers awake throughout.
+        let _warm = qkv_tensor_ops::pool::KeepWarm::start();
         let seed = match config.sampling {
             Sampling::Random { seed, .. } => seed,
             Sampling::Greedy => 0,

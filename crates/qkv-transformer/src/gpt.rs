@@ -153,6 +153,7 @@ impl Gpt {
         if let Err(error) = self.check_tokens(&tokens, 0) {
             panic!("{error}");
         }
+        let _warm = qkv_tensor_ops::pool::KeepWarm::start();
         let mut x = self.embed(tokens, 0);
         let Some(first) = self.blocks.first() else {
             return self.unembed(x);
