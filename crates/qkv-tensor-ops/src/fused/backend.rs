@@ -134,11 +134,15 @@ pub trait FusedBackward: Backend {
         scale: f64,
     ) -> FloatTensor<Self>;
 
-    /// GELU's backward pass from its input `x` and `dy`.
-    fn qkv_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// GELU (exact, or its tanh approximation with `tanh_approx`) for training: `(gelu(x),
+    /// gelu'(x))`, the derivative being what the backward pass keeps instead of `x`.
+    fn qkv_gelu_and_slope(
+        x: FloatTensor<Self>,
+        tanh_approx: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The tanh approximation's backward pass from its input `x` and `dy`.
-    fn qkv_gelu_tanh_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// An elementwise activation's backward pass from its stored derivative: `dy · slope`.
+    fn qkv_mul_by_slope(dy: FloatTensor<Self>, slope: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// [`FusedOps::qkv_flash_attention`] that also returns each query's log-sum-exp,
     /// `[batch, n_heads, seq_q]`, which its backward pass needs.
@@ -185,6 +189,17 @@ fn own_whole(t: &FlexTensor, n: usize) -> bool {
     t.is_unique()
         && t.layout().start_offset() == 0
         && t.bytes().len() == n * core::mem::size_of::<f32>()
+}
+
+/// `t` as a contiguous `f32` tensor of `n` elements that owns its whole buffer alone, so a
+/// kernel may write over it: `t` itself when it already is one, else a copy.
+fn owned(t: FlexTensor, n: usize) -> FlexTensor {
+    let t = contiguous(t);
+    if own_whole(&t, n) {
+        t
+    } else {
+        tensor(elems(&t).to_vec(), t.shape())
+    }
 }
 
 /// The elements of a tensor made by [`contiguous`].
@@ -344,18 +359,35 @@ impl FusedBackward for Flex {
         })
     }
 
-    fn qkv_gelu_backward(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
-        let (x, dy) = (contiguous(x), contiguous(dy));
-        output(x.shape(), |dx| {
-            kernels::gelu_backward(elems(&x), elems(&dy), dx)
-        })
+    fn qkv_gelu_and_slope(x: FlexTensor, tanh_approx: bool) -> (FlexTensor, FlexTensor) {
+        let shape = x.shape();
+        let n = shape.num_elements();
+        // The matrix product before the activation usually leaves `x` to this op alone: write
+        // GELU over it. A shared or partial buffer is copied first, so no one else sees it
+        // change.
+        let mut values = owned(x, n);
+        let mut slope = vec![0.0; n];
+        let data = values
+            .try_storage_mut::<f32>()
+            .expect("an owned contiguous f32 tensor is writable");
+        if tanh_approx {
+            kernels::gelu_tanh_and_slope(data, &mut slope);
+        } else {
+            kernels::gelu_and_slope(data, &mut slope);
+        }
+        (values, tensor(slope, shape))
     }
 
-    fn qkv_gelu_tanh_backward(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
-        let (x, dy) = (contiguous(x), contiguous(dy));
-        output(x.shape(), |dx| {
-            kernels::gelu_tanh_backward(elems(&x), elems(&dy), dx)
-        })
+    fn qkv_mul_by_slope(dy: FlexTensor, slope: FlexTensor) -> FlexTensor {
+        let slope = contiguous(slope);
+        let n = slope.shape().num_elements();
+        let mut dx = owned(dy, n);
+        kernels::mul_in_place(
+            dx.try_storage_mut::<f32>()
+                .expect("an owned contiguous f32 tensor is writable"),
+            elems(&slope),
+        );
+        dx
     }
 
     fn qkv_flash_attention_with_lse(

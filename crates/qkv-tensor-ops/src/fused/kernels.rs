@@ -228,6 +228,81 @@ pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     gelu_elementwise_backward::<true>(x, dy, dx)
 }
 
+/// GELU and its derivative in one pass, for training: `values[i] ← gelu(values[i])` and
+/// `slope[i] = gelu'(values[i])` (exact, or with `TANH` the tanh approximation). The backward
+/// pass is then `dx = dy · slope` ([`mul_in_place`]): the activation's input need not be kept,
+/// and the derivative costs nothing extra, because `gelu` and `gelu'` share `Φ` and `φ` (or `t`).
+///
+/// # Panics
+/// If the two slices differ in length.
+fn gelu_and_slope_elementwise<const TANH: bool>(values: &mut [f32], slope: &mut [f32]) {
+    assert_eq!(
+        values.len(),
+        slope.len(),
+        "gelu_and_slope: one slope per value"
+    );
+    values
+        .par_chunks_mut(TASK_ELEMS)
+        .zip(slope.par_chunks_mut(TASK_ELEMS))
+        .for_each(|(values, slope)| {
+            simd!({
+                for (v, s) in values.iter_mut().zip(slope.iter_mut()) {
+                    let x = *v;
+                    if TANH {
+                        let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
+                        let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
+                        *v = 0.5 * x * (1.0 + t);
+                        *s = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
+                    } else {
+                        let (cdf, pdf) = normal_cdf_pdf(x);
+                        *v = x * cdf;
+                        *s = cdf + x * pdf;
+                    }
+                }
+            })
+        });
+}
+
+/// Exact GELU in place with its derivative beside it: `values[i] ← x·Φ(x)`,
+/// `slope[i] = Φ(x) + x·φ(x)` for `x = values[i]` (see [`gelu_backward`] for the same
+/// derivative computed from `x`).
+///
+/// # Panics
+/// If the two slices differ in length.
+pub fn gelu_and_slope(values: &mut [f32], slope: &mut [f32]) {
+    gelu_and_slope_elementwise::<false>(values, slope)
+}
+
+/// GELU's tanh approximation in place with its derivative beside it (see [`gelu_tanh_forward`]
+/// and [`gelu_tanh_backward`] for the two separately).
+///
+/// # Panics
+/// If the two slices differ in length.
+pub fn gelu_tanh_and_slope(values: &mut [f32], slope: &mut [f32]) {
+    gelu_and_slope_elementwise::<true>(values, slope)
+}
+
+/// `x[i] ← x[i] · by[i]`: an elementwise activation's backward pass from its stored slope.
+///
+/// # Panics
+/// If the two slices differ in length.
+pub fn mul_in_place(x: &mut [f32], by: &[f32]) {
+    assert_eq!(
+        x.len(),
+        by.len(),
+        "mul_in_place: the slices differ in length"
+    );
+    x.par_chunks_mut(TASK_ELEMS)
+        .zip(by.par_chunks(TASK_ELEMS))
+        .for_each(|(x, by)| {
+            simd!({
+                for (x, &b) in x.iter_mut().zip(by) {
+                    *x *= b;
+                }
+            })
+        });
+}
+
 /// Chris Wellons' `lowbias32` integer hash: a bijection on `u32` with good avalanche, built
 /// from shifts, xors and 32-bit multiplies, all of which vectorise.
 #[inline(always)]

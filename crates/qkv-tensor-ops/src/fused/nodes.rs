@@ -51,7 +51,8 @@ impl<B: FusedBackward> Backward<B, 1> for ScaledSoftmaxNode {
     }
 }
 
-/// GELU's autodiff node: keeps its input.
+/// GELU's autodiff node (exact or tanh-approximated alike): keeps the derivative at its input,
+/// computed in the forward pass, so the backward pass is one multiply.
 #[derive(Debug)]
 struct GeluNode;
 
@@ -62,23 +63,7 @@ impl<B: FusedBackward> Backward<B, 1> for GeluNode {
         let [parent] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         if let Some(node) = parent {
-            grads.register::<B>(node.id, B::qkv_gelu_backward(ops.state, dy));
-        }
-    }
-}
-
-/// The tanh-approximated GELU's autodiff node: keeps its input.
-#[derive(Debug)]
-struct GeluTanhNode;
-
-impl<B: FusedBackward> Backward<B, 1> for GeluTanhNode {
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        if let Some(node) = parent {
-            grads.register::<B>(node.id, B::qkv_gelu_tanh_backward(ops.state, dy));
+            grads.register::<B>(node.id, B::qkv_mul_by_slope(dy, ops.state));
         }
     }
 }
@@ -133,6 +118,24 @@ impl<B: FusedBackward> Backward<B, 3> for FlashAttentionNode {
     }
 }
 
+/// GELU (exact, or the tanh approximation with `tanh_approx`) under autodiff: when tracked,
+/// the forward kernel also computes the derivative, which the node keeps in place of `x`.
+fn gelu_tracked<B: FusedOps + FusedBackward, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    tanh_approx: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let prep = GeluNode.prepare::<C>([x.node()]).compute_bound().stateful();
+    let x = x.into_primitive();
+    match prep {
+        OpsKind::Tracked(prep) => {
+            let (out, slope) = B::qkv_gelu_and_slope(x, tanh_approx);
+            prep.finish(slope, out)
+        }
+        OpsKind::UnTracked(prep) if tanh_approx => prep.finish(B::qkv_gelu_tanh(x)),
+        OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu(x)),
+    }
+}
+
 impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn qkv_layer_norm(
         x: FloatTensor<Self>,
@@ -175,30 +178,11 @@ impl<B: FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B
     }
 
     fn qkv_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = GeluNode.prepare::<C>([x.node()]).compute_bound().stateful();
-        let x = x.into_primitive();
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let out = B::qkv_gelu(x.clone());
-                prep.finish(x, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu(x)),
-        }
+        gelu_tracked::<B, C>(x, false)
     }
 
     fn qkv_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = GeluTanhNode
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful();
-        let x = x.into_primitive();
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let out = B::qkv_gelu_tanh(x.clone());
-                prep.finish(x, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::qkv_gelu_tanh(x)),
-        }
+        gelu_tracked::<B, C>(x, true)
     }
 
     fn qkv_dropout(x: FloatTensor<Self>, prob: f64, seed: u64) -> FloatTensor<Self> {

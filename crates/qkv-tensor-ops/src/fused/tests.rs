@@ -106,6 +106,69 @@ fn gelu_matches_explicit_values_and_gradients() {
     );
 }
 
+/// GELU of a fresh product, which the op owns alone and so overwrites in place, against the
+/// explicit path, for both variants: values and the gradient through the stored slope.
+#[test]
+fn gelu_over_an_owned_input_matches_explicit_values_and_gradients() {
+    let device = flex_autodiff();
+    let x = random_tensor(&mut SeededRng::new(7), [5, 333], 8.0, &device);
+    check_parity(
+        "gelu of an owned input",
+        [x.clone()],
+        |[x]| gelu(x.mul_scalar(1.5)),
+        |[x]| burn::tensor::activation::gelu(x.mul_scalar(1.5)),
+        1e-6,
+    );
+    check_parity(
+        "gelu_tanh of an owned input",
+        [x],
+        |[x]| gelu_tanh(x.mul_scalar(1.5)),
+        |[x]| gelu_tanh_explicit(x.mul_scalar(1.5)),
+        2e-6,
+    );
+}
+
+/// GELU writes over its input only when nothing else holds it: a tensor the caller keeps is
+/// unchanged after a tracked GELU (both variants) and its backward pass.
+#[test]
+fn gelu_leaves_a_shared_input_unchanged() {
+    let x = random_tensor(&mut SeededRng::new(8), [4, 100], 3.0, &flex_autodiff());
+    let before = values(x.clone());
+    let tracked = x.clone().require_grad();
+    for y in [gelu(tracked.clone()), gelu_tanh(tracked.clone())] {
+        let grads = y.sum().backward();
+        assert!(tracked.grad(&grads).is_some(), "the input is tracked");
+    }
+    assert_eq!(values(x), before, "gelu changed an input it does not own");
+    assert_eq!(values(tracked), before, "gelu changed a tracked input");
+}
+
+/// The one-pass kernel gives exactly what the separate forward and backward kernels give.
+#[test]
+fn gelu_and_slope_kernel_is_the_forward_and_backward_kernels() {
+    let x: Vec<f32> = (0..40_001).map(|i| (i as f32 - 20_000.0) * 6e-4).collect();
+    let ones = vec![1.0f32; x.len()];
+    for tanh in [false, true] {
+        let (mut want_y, mut want_slope) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let (mut got_y, mut got_slope) = (x.clone(), vec![0.0; x.len()]);
+        if tanh {
+            kernels::gelu_tanh_forward(&x, &mut want_y);
+            kernels::gelu_tanh_backward(&x, &ones, &mut want_slope);
+            kernels::gelu_tanh_and_slope(&mut got_y, &mut got_slope);
+        } else {
+            kernels::gelu_forward(&x, &mut want_y);
+            kernels::gelu_backward(&x, &ones, &mut want_slope);
+            kernels::gelu_and_slope(&mut got_y, &mut got_slope);
+        }
+        assert_eq!(got_y, want_y, "values, tanh {tanh}");
+        assert_eq!(got_slope, want_slope, "slopes, tanh {tanh}");
+        let mut dy: Vec<f32> = x.iter().map(|v| v.sin()).collect();
+        let want: Vec<f32> = dy.iter().zip(&got_slope).map(|(d, s)| d * s).collect();
+        kernels::mul_in_place(&mut dy, &got_slope);
+        assert_eq!(dy, want, "dy · slope, tanh {tanh}");
+    }
+}
+
 #[test]
 fn gelu_tanh_matches_explicit_values_and_gradients() {
     let device = flex_autodiff();
