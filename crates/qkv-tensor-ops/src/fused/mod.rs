@@ -229,7 +229,9 @@ pub fn scaled_softmax_explicit(scores: Tensor<4>, scale: f64, causal: bool) -> T
 }
 
 /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, with an `erf` written so the compiler can
-/// vectorise it (`Φ` within 3e-7 of exact).
+/// vectorise it (`Φ` within 3e-7 of exact). Under autodiff on Flex the forward kernel also
+/// writes the derivative `Φ(x) + x·φ(x)`, which the graph keeps instead of `x`, so the backward
+/// pass is one multiply; an input nothing else holds is overwritten with the result.
 ///
 /// - `x`: any shape; returns the same shape
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
