@@ -154,30 +154,36 @@ fn tanh(u: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * u) + 1.0)
 }
 
-/// GELU at `x`: exact, `x·Φ(x)`, or with `TANH` its tanh approximation (GPT-2's `gelu_new`),
-/// `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+/// GELU at `x` and its derivative, `(gelu(x), gelu'(x))`: exact, `x·Φ(x)` and
+/// `Φ(x) + x·φ(x)`, or with `TANH` the tanh approximation (GPT-2's `gelu_new`),
+/// `x/2 · (1 + t)` with `t = tanh(√(2/π)·(x + 0.044715·x³))`, and
+/// `½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²)`. The two share `Φ` and `φ` (or `t`);
+/// inlined where only one is used, the other's arithmetic is dropped by the compiler.
 #[inline(always)]
-pub(super) fn gelu_at<const TANH: bool>(x: f32) -> f32 {
-    if TANH {
-        let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
-        0.5 * x * (1.0 + t)
-    } else {
-        x * normal_cdf_pdf(x).0
-    }
-}
-
-/// GELU's derivative at `x`: exact, `Φ(x) + x·φ(x)`, or with `TANH` the tanh approximation's,
-/// `½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715·x²)`.
-#[inline(always)]
-pub(super) fn gelu_slope<const TANH: bool>(x: f32) -> f32 {
+fn gelu_and_slope_at<const TANH: bool>(x: f32) -> (f32, f32) {
     if TANH {
         let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
         let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
-        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+        (
+            0.5 * x * (1.0 + t),
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du,
+        )
     } else {
         let (cdf, pdf) = normal_cdf_pdf(x);
-        cdf + x * pdf
+        (x * cdf, cdf + x * pdf)
     }
+}
+
+/// GELU at `x` (see [`gelu_and_slope_at`]).
+#[inline(always)]
+pub(super) fn gelu_at<const TANH: bool>(x: f32) -> f32 {
+    gelu_and_slope_at::<TANH>(x).0
+}
+
+/// GELU's derivative at `x` (see [`gelu_and_slope_at`]).
+#[inline(always)]
+pub(super) fn gelu_slope<const TANH: bool>(x: f32) -> f32 {
+    gelu_and_slope_at::<TANH>(x).1
 }
 
 /// GELU ([`gelu_at`]) elementwise: `out[i] = gelu(x[i])`.
@@ -247,17 +253,7 @@ fn gelu_and_slope_elementwise<const TANH: bool>(values: &mut [f32], slope: &mut 
         .for_each(|(values, slope)| {
             simd!({
                 for (v, s) in values.iter_mut().zip(slope.iter_mut()) {
-                    let x = *v;
-                    if TANH {
-                        let t = tanh(GELU_TANH_C * (x + GELU_TANH_A * x * x * x));
-                        let du = GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * x * x);
-                        *v = 0.5 * x * (1.0 + t);
-                        *s = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
-                    } else {
-                        let (cdf, pdf) = normal_cdf_pdf(x);
-                        *v = x * cdf;
-                        *s = cdf + x * pdf;
-                    }
+                    (*v, *s) = gelu_and_slope_at::<TANH>(*v);
                 }
             })
         });
